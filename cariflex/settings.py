@@ -1,0 +1,96 @@
+"""Configuration shared by every Cariflex process.
+
+Every setting comes from a ``CARIFLEX_*`` environment variable or, failing that, from a ``.env``
+file in the working directory (real environment variables win). ``VARIABLES`` is the single
+list of them; ``.env.example`` documents the same list and a test keeps the two in step.
+
+Secrets that are not given are generated once under the var directory (mode 600), so a fresh
+clone works without anybody inventing a password, and nothing secret is ever committed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None
+    meaning: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("CARIFLEX_VAR_DIR", "var", "where generated secrets, embedded databases and state live"),
+    Variable(
+        "CARIFLEX_DATABASE_URL",
+        None,
+        "FlexMeasures database; unset = embedded PostgreSQL under $CARIFLEX_VAR_DIR/pgdata",
+    ),
+    Variable(
+        "CARIFLEX_TEST_DATABASE_URL",
+        None,
+        "server on which tests create (and drop) their own databases; unset = 127.0.0.1:5432 "
+        "when reachable, else embedded",
+    ),
+    Variable("CARIFLEX_REDIS_URL", None, "redis://host:port/db; unset = schedules run in-process"),
+    Variable("CARIFLEX_SECRET_KEY", None, "Flask secret key; unset = generated under var/"),
+    Variable("CARIFLEX_FLEET_FILE", None, "fleet description YAML; unset = the packaged Cariflex fleet"),
+    Variable("CARIFLEX_FM_BIND", "127.0.0.1:5000", "address the FlexMeasures server listens on"),
+    Variable(
+        "CARIFLEX_FM_TRUSTED_HOSTS",
+        "127.0.0.1,localhost",
+        "host names FlexMeasures answers to (comma-separated); add your public name in production",
+    ),
+    Variable("CARIFLEX_ADMIN_EMAIL", "admin@cariflex.example", "the demo's admin login"),
+    Variable("CARIFLEX_ADMIN_PASSWORD", None, "the demo admin's password; unset = generated under var/"),
+    Variable("CARIFLEX_LOG_LEVEL", "INFO", "log level of every Cariflex process"),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+
+def _dotenv() -> dict[str, str | None]:
+    path = Path(os.environ.get("CARIFLEX_ENV_FILE", ".env"))
+    return dotenv_values(path) if path.is_file() else {}
+
+
+def get(name: str) -> str | None:
+    """The value of a documented variable: environment, then ``.env``, then its default.
+
+    An empty string counts as unset, so ``CARIFLEX_DATABASE_URL=`` in ``.env`` means "embedded".
+    """
+    if name not in _BY_NAME:
+        raise KeyError(f"{name} is not a documented Cariflex variable (see cariflex/settings.py)")
+    value = os.environ.get(name)
+    if value is None:
+        value = _dotenv().get(name)
+    return value if value else _BY_NAME[name].default
+
+
+def var_dir() -> Path:
+    """The var directory, created on first use (git ignores it)."""
+    path = Path(get("CARIFLEX_VAR_DIR") or "var").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def generated_secret(filename: str, *, nbytes: int = 32) -> str:
+    """Read a secret from var/<filename>, generating it (mode 600) the first time."""
+    path = var_dir() / filename
+    if path.is_file():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def secret(variable: str, filename: str) -> str:
+    """A secret from its variable, else from (or newly generated under) var/."""
+    return get(variable) or generated_secret(filename)

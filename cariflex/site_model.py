@@ -1,0 +1,118 @@
+"""The Cariflex site model: which assets and sensors a fleet becomes in FlexMeasures.
+
+This is the only place that knows sensor names, units, resolutions and sign conventions
+(ARCHITECTURE.md, "Site model"). Setup creates exactly these; other components resolve sensors
+by the names made here (``pv_01_power``, ``bat_01_soc``, ...), never by id.
+
+Sign convention, decided once per sensor and stored as FlexMeasures' own sensor attribute
+``consumption_is_positive``:
+- battery and EV power: consumption (charging) positive, as in S2 and in FlexMeasures' schedules;
+- PV power: production positive, as a PV meter reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cariflex.fleet import Fleet, as_dict
+
+ONE_MINUTE = timedelta(minutes=1)
+QUARTER = timedelta(minutes=15)
+HOUR = timedelta(hours=1)
+
+# Asset type names as FlexMeasures knows them (its StorageScheduler treats *_evse as storage).
+TYPE_SITE = "site"
+TYPE_PV = "solar"
+TYPE_BATTERY = "battery"
+TYPE_EV_ONE_WAY = "one-way_evse"
+TYPE_EV_TWO_WAY = "two-way_evse"
+TYPE_WEATHER = "weather station"
+TYPE_GRID_SIGNALS = "grid signals"
+
+# Data sources other components write as (setup creates them so the UI can name them).
+SOURCE_SIMULATOR = ("Simulator", "demo script")
+SOURCE_OPEN_METEO = ("Open-Meteo", "forecaster")
+SOURCE_VTN = ("OpenADR VTN", "gateway")
+DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN)
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    name: str
+    unit: str
+    resolution: timedelta
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    name: str
+    asset_type: str
+    latitude: float
+    longitude: float
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+    sensors: tuple[SensorSpec, ...] = ()
+
+
+def _power(name: str, consumption_is_positive: bool) -> SensorSpec:
+    # Device limits are not sensor attributes: FlexMeasures 1.0.1 moves the legacy
+    # "capacity_in_mw" into the asset's flex-model; limits live in the fleet (asset attributes).
+    return SensorSpec(
+        f"{name}_power", "kW", ONE_MINUTE, {"consumption_is_positive": consumption_is_positive}
+    )
+
+
+def _soc(name: str) -> SensorSpec:
+    return SensorSpec(f"{name}_soc", "kWh", ONE_MINUTE)
+
+
+def site_attributes(fleet: Fleet) -> dict[str, Any]:
+    site = fleet.site
+    # Not FlexMeasures' legacy "capacity_in_mw": on an asset it gets moved into the flex-model.
+    return {"timezone": site.timezone, "capacity_kw": site.capacity_kw}
+
+
+def child_assets(fleet: Fleet) -> list[AssetSpec]:
+    """Every asset below the site, with its sensors, in a stable order."""
+    site = fleet.site
+    assets: list[AssetSpec] = []
+    for pv in fleet.pv:
+        assets.append(
+            AssetSpec(pv.name, TYPE_PV, pv.latitude, pv.longitude, as_dict(pv),
+                      (_power(pv.name, consumption_is_positive=False),))
+        )
+    for bat in fleet.batteries:
+        assets.append(
+            AssetSpec(bat.name, TYPE_BATTERY, site.latitude, site.longitude, as_dict(bat),
+                      (_power(bat.name, True), _soc(bat.name)))
+        )
+    for ev in fleet.ev_chargers:
+        kind = TYPE_EV_TWO_WAY if ev.bidirectional else TYPE_EV_ONE_WAY
+        assets.append(
+            AssetSpec(ev.name, kind, site.latitude, site.longitude, as_dict(ev),
+                      (_power(ev.name, True), _soc(ev.name)))
+        )
+    ws = fleet.weather_station
+    assets.append(
+        AssetSpec(ws.name, TYPE_WEATHER, ws.latitude, ws.longitude, {}, (
+            SensorSpec("irradiance", "W/m²", QUARTER),
+            SensorSpec("temperature", "°C", QUARTER),
+            SensorSpec("wind_speed", "m/s", QUARTER),
+        ))
+    )
+    assets.append(
+        AssetSpec(fleet.grid_signals.name, TYPE_GRID_SIGNALS, site.latitude, site.longitude, {}, (
+            SensorSpec("consumption_price", "EUR/MWh", HOUR),
+            SensorSpec("production_price", "EUR/MWh", HOUR),
+            SensorSpec("load_control_signal", "%", QUARTER),
+            SensorSpec("demand_response_signal", "dimensionless", QUARTER),
+        ))
+    )
+    return assets
+
+
+def sensor_names(fleet: Fleet) -> list[str]:
+    """All sensor names of the site, e.g. for a component checking its lookups."""
+    return [s.name for a in child_assets(fleet) for s in a.sensors]
