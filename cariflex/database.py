@@ -13,7 +13,9 @@ psycopg2's exceptions (reference/flexmeasures.md §1.1).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from urllib.parse import unquote
 
 from sqlalchemy.engine import URL, make_url
 
@@ -24,12 +26,23 @@ log = logging.getLogger(__name__)
 OPTIONAL_EXTENSIONS = ("cube", "earthdistance")
 
 
+def _render(url: URL) -> str:
+    """URL as text with its query unescaped.
+
+    FlexMeasures hands the URL to Alembic's configparser, for which the '%' of an escaped
+    socket path ('?host=%2Fwork%2F...') is interpolation syntax and a crash.
+    """
+    text = url.render_as_string(hide_password=False)
+    base, sep, query = text.partition("?")
+    return base + sep + unquote(query)
+
+
 def to_psycopg2(url: str) -> str:
     """The same URL with the psycopg2 driver named explicitly."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"database URL {parsed.render_as_string(hide_password=True)!r} is not PostgreSQL")
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return _render(parsed.set(drivername="postgresql+psycopg2"))
 
 
 def embedded_server_url(pgdata: Path, database: str = "postgres") -> str:
@@ -38,9 +51,17 @@ def embedded_server_url(pgdata: Path, database: str = "postgres") -> str:
     The handle stays alive for the life of this process (pgserver keeps it), after which the
     server stops unless another process still holds it.
     """
+    pgdata.mkdir(parents=True, exist_ok=True)
+    # pgserver keeps its lock file in the user runtime dir, which containers often lack.
+    runtime = pgdata.parent / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     import pgserver  # only needed when running embedded
 
-    pgdata.mkdir(parents=True, exist_ok=True)
+    # pgserver narrates every start and stop at INFO (also from atexit, after test runners
+    # closed their streams); its warnings are what matter.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     return to_psycopg2(server.get_uri(database))
 
@@ -101,9 +122,7 @@ def install_extensions(url: str) -> list[str]:
     missing = []
     try:
         with engine.connect() as conn:
-            available = {
-                row[0] for row in conn.execute(text("SELECT name FROM pg_available_extensions"))
-            }
+            available = {row[0] for row in conn.execute(text("SELECT name FROM pg_available_extensions"))}
             for ext in OPTIONAL_EXTENSIONS:
                 if ext in available:
                     conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS {ext}"))
@@ -138,4 +157,4 @@ def _dsn(url: URL) -> str:
 
 
 def with_database(url: str, database: str) -> str:
-    return make_url(to_psycopg2(url)).set(database=database).render_as_string(hide_password=False)
+    return _render(make_url(to_psycopg2(url)).set(database=database))

@@ -178,7 +178,9 @@ class _Checker:
                 return self.fail(where, key, f"{raw!r} must be a non-empty text")
             if kind == "name" and not _NAME.match(raw):
                 return self.fail(
-                    where, key, f"{raw!r} must be lower-case letters, digits and '_' (e.g. 'bat_01')"
+                    where,
+                    key,
+                    f"{raw!r} must be lower-case letters, digits and '_' (e.g. 'bat_01')",
                 )
             return raw.strip()
         if kind in ("latitude", "longitude", "tilt", "azimuth"):
@@ -212,9 +214,7 @@ class _Checker:
             return self.fail(where, key, f"{raw!r} must be a quantity with a unit, e.g. '{example}'")
         number, unit = float(match[1]), match[2]
         if unit not in units:
-            return self.fail(
-                where, key, f"unknown unit {unit!r} in {raw!r}; use one of {', '.join(units)}"
-            )
+            return self.fail(where, key, f"unknown unit {unit!r} in {raw!r}; use one of {', '.join(units)}")
         if number < 0:
             return self.fail(where, key, f"{raw!r} is negative; it must be at least 0 (e.g. '{example}')")
         if kind == "fraction" and number > 100:
@@ -232,7 +232,9 @@ def _convert(checker: _Checker, where: str, raw: Any, specs: list[_Spec], cls: t
     for key in raw:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
-            suffix = f" (did you mean '{hint[0]}'?)" if hint else f"; known fields: {', '.join(sorted(known))}"
+            suffix = (
+                f" (did you mean '{hint[0]}'?)" if hint else f"; known fields: {', '.join(sorted(known))}"
+            )
             checker.fail(where, str(key), f"unknown field{suffix}")
     values: dict[str, Any] = {}
     for key, attr, kind, required in specs:

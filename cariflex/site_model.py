@@ -59,9 +59,7 @@ class AssetSpec:
 def _power(name: str, consumption_is_positive: bool) -> SensorSpec:
     # Device limits are not sensor attributes: FlexMeasures 1.0.1 moves the legacy
     # "capacity_in_mw" into the asset's flex-model; limits live in the fleet (asset attributes).
-    return SensorSpec(
-        f"{name}_power", "kW", ONE_MINUTE, {"consumption_is_positive": consumption_is_positive}
-    )
+    return SensorSpec(f"{name}_power", "kW", ONE_MINUTE, {"consumption_is_positive": consumption_is_positive})
 
 
 def _soc(name: str) -> SensorSpec:
@@ -80,35 +78,67 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
     assets: list[AssetSpec] = []
     for pv in fleet.pv:
         assets.append(
-            AssetSpec(pv.name, TYPE_PV, pv.latitude, pv.longitude, as_dict(pv),
-                      (_power(pv.name, consumption_is_positive=False),))
+            AssetSpec(
+                pv.name,
+                TYPE_PV,
+                pv.latitude,
+                pv.longitude,
+                as_dict(pv),
+                (_power(pv.name, consumption_is_positive=False),),
+            )
         )
     for bat in fleet.batteries:
         assets.append(
-            AssetSpec(bat.name, TYPE_BATTERY, site.latitude, site.longitude, as_dict(bat),
-                      (_power(bat.name, True), _soc(bat.name)))
+            AssetSpec(
+                bat.name,
+                TYPE_BATTERY,
+                site.latitude,
+                site.longitude,
+                as_dict(bat),
+                (_power(bat.name, True), _soc(bat.name)),
+            )
         )
     for ev in fleet.ev_chargers:
         kind = TYPE_EV_TWO_WAY if ev.bidirectional else TYPE_EV_ONE_WAY
         assets.append(
-            AssetSpec(ev.name, kind, site.latitude, site.longitude, as_dict(ev),
-                      (_power(ev.name, True), _soc(ev.name)))
+            AssetSpec(
+                ev.name,
+                kind,
+                site.latitude,
+                site.longitude,
+                as_dict(ev),
+                (_power(ev.name, True), _soc(ev.name)),
+            )
         )
     ws = fleet.weather_station
     assets.append(
-        AssetSpec(ws.name, TYPE_WEATHER, ws.latitude, ws.longitude, {}, (
-            SensorSpec("irradiance", "W/m²", QUARTER),
-            SensorSpec("temperature", "°C", QUARTER),
-            SensorSpec("wind_speed", "m/s", QUARTER),
-        ))
+        AssetSpec(
+            ws.name,
+            TYPE_WEATHER,
+            ws.latitude,
+            ws.longitude,
+            {},
+            (
+                SensorSpec("irradiance", "W/m²", QUARTER),
+                SensorSpec("temperature", "°C", QUARTER),
+                SensorSpec("wind_speed", "m/s", QUARTER),
+            ),
+        )
     )
     assets.append(
-        AssetSpec(fleet.grid_signals.name, TYPE_GRID_SIGNALS, site.latitude, site.longitude, {}, (
-            SensorSpec("consumption_price", "EUR/MWh", HOUR),
-            SensorSpec("production_price", "EUR/MWh", HOUR),
-            SensorSpec("load_control_signal", "%", QUARTER),
-            SensorSpec("demand_response_signal", "dimensionless", QUARTER),
-        ))
+        AssetSpec(
+            fleet.grid_signals.name,
+            TYPE_GRID_SIGNALS,
+            site.latitude,
+            site.longitude,
+            {},
+            (
+                SensorSpec("consumption_price", "EUR/MWh", HOUR),
+                SensorSpec("production_price", "EUR/MWh", HOUR),
+                SensorSpec("load_control_signal", "%", QUARTER),
+                SensorSpec("demand_response_signal", "dimensionless", QUARTER),
+            ),
+        )
     )
     return assets
 

@@ -17,13 +17,13 @@ from typing import Any
 from cariflex import settings
 from cariflex.database import embedded_server_url, to_psycopg2
 
-CONFIG_FILE_TEXT = '''\
+CONFIG_FILE_TEXT = """\
 # Written by `python -m flexmeasures_cariflex.config` (make does it). Do not edit: every value
 # comes from CARIFLEX_* variables or .env, see .env.example.
 FLEXMEASURES_ENV = "production"
 from flexmeasures_cariflex.config import flexmeasures_config as _cariflex_config
 globals().update(_cariflex_config())
-'''
+"""
 
 # Flask-Security-Too >= 5.9 parses FlexMeasures 1.0.1's default "1 week" as timedelta(week=1)
 # and crashes with a TypeError at start, and only allows logout by POST while FlexMeasures' UI

@@ -49,7 +49,9 @@ def setup(fleet_file: str | None) -> None:
     except Exception:
         db.session.rollback()
         raise
-    click.echo(f"Cariflex setup from {fleet.source} (site '{fleet.site.name}', account '{fleet.site.account}')")
+    click.echo(
+        f"Cariflex setup from {fleet.source} (site '{fleet.site.name}', account '{fleet.site.account}')"
+    )
     for item in report.created:
         click.echo(f"  created  {item}")
     for item in report.updated:

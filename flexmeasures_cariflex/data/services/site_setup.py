@@ -37,10 +37,7 @@ class SetupReport:
     conflicts: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
-            f"{len(self.created)} created, {len(self.updated)} updated, "
-            f"{len(self.unchanged)} unchanged"
-        )
+        return f"{len(self.created)} created, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
 
 
 def _merged(current: dict[str, Any] | None, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -60,9 +57,11 @@ def _account(name: str, report: SetupReport) -> Account:
 
 
 def _data_source(name: str, source_type: str, report: SetupReport) -> None:
-    found = db.session.execute(
-        select(DataSource).filter(DataSource.name == name, DataSource.type == source_type)
-    ).scalars().first()
+    found = (
+        db.session.execute(select(DataSource).filter(DataSource.name == name, DataSource.type == source_type))
+        .scalars()
+        .first()
+    )
     if found is None:
         db.session.add(DataSource(name=name, type=source_type))
         report.created.append(f"data source '{name}'")
@@ -186,7 +185,11 @@ def setup_site(fleet: Fleet) -> SetupReport:
     """Bring the database in line with the fleet (adds and updates; never deletes)."""
     report = SetupReport()
     site_spec = AssetSpec(
-        fleet.site.name, TYPE_SITE, fleet.site.latitude, fleet.site.longitude, site_attributes(fleet)
+        fleet.site.name,
+        TYPE_SITE,
+        fleet.site.latitude,
+        fleet.site.longitude,
+        site_attributes(fleet),
     )
     children = child_assets(fleet)
     timezone = fleet.site.timezone
@@ -216,9 +219,7 @@ def setup_site(fleet: Fleet) -> SetupReport:
     ).scalars():
         if extra.name not in wanted_children:
             count = len(extra.sensors)
-            report.not_deleted.append(
-                f"asset '{extra.name}' (id {extra.id}, {count} sensor(s))"
-            )
+            report.not_deleted.append(f"asset '{extra.name}' (id {extra.id}, {count} sensor(s))")
     db.session.flush()
     return report
 

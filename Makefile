@@ -1,0 +1,49 @@
+# Cariflex EMS. `make demo` runs the whole chain; `make test` runs the test suite.
+# Both create .venv and install the pinned dependencies (constraints.txt) on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help demo test lint install constraints clean
+
+help:
+	@echo "make demo         run Cariflex EMS locally (embedded database unless CARIFLEX_DATABASE_URL is set)"
+	@echo "make test         run the test suite (PostgreSQL: CARIFLEX_TEST_DATABASE_URL, 127.0.0.1:5432 or embedded)"
+	@echo "make lint         ruff"
+	@echo "make install      create .venv and install with constraints.txt"
+	@echo "make constraints  re-resolve constraints.txt from setup.cfg + constraints.in"
+	@echo "make clean        remove .venv (var/ with your data and secrets is kept)"
+
+demo: $(STAMP)
+	$(BIN)/cariflex-demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Cariflex EMS and its pinned dependencies into $(VENV) (a few minutes the first time) ..."
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
+	$(BIN)/python -m flexmeasures_cariflex.config
+	@touch $@
+
+constraints: $(STAMP)
+	$(BIN)/pip install --quiet uv
+	{ echo "# Pinned versions for every Cariflex EMS install (README, Makefile, CI, Dockerfiles)."; \
+	  echo "# Regenerate with:  make constraints"; \
+	  echo "#   (= uv pip compile setup.cfg --extra all -c constraints.in --python-version 3.11 --no-emit-package cariflex-ems -o constraints.txt)"; \
+	  $(BIN)/uv pip compile setup.cfg --extra all -c constraints.in --python-version 3.11 \
+	    --no-emit-package cariflex-ems --no-header --quiet; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) build *.egg-info

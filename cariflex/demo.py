@@ -1,0 +1,158 @@
+"""``make demo``: the Cariflex chain on one machine, from nothing, in one command.
+
+Today it prepares the database (embedded PostgreSQL under var/ unless CARIFLEX_DATABASE_URL is
+set), runs ``flexmeasures db upgrade``, ``flexmeasures cariflex setup`` and creates the admin,
+then serves FlexMeasures with the plugin on CARIFLEX_FM_BIND until Ctrl-C or SIGTERM. Later
+components (VTN, VEN bridge, simulator, Grafana) join the same process list.
+
+This module orchestrates processes only; it does not import FlexMeasures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cariflex import database, logs, settings
+
+log = logging.getLogger("cariflex.demo")
+BIN = Path(sys.executable).parent
+DATABASE_NAME = "cariflex"
+
+
+def prepare_database() -> str:
+    """The FlexMeasures database URL, with the database created if it was missing."""
+    configured = settings.get("CARIFLEX_DATABASE_URL")
+    if configured:
+        url = database.to_psycopg2(configured)
+        where = "configured server"
+    else:
+        server = database.embedded_server_url(settings.var_dir() / "pgdata")
+        url = database.with_database(server, DATABASE_NAME)
+        where = f"embedded PostgreSQL in {settings.var_dir() / 'pgdata'}"
+    created = database.create_database(url)
+    missing = database.install_extensions(url)
+    log.info(
+        "database ready",
+        extra={"fields": {"where": where, "created": created, "extensions_missing": missing}},
+    )
+    return url
+
+
+def run_flexmeasures(commands: list[str], env: dict[str, str]) -> None:
+    """Run ``flexmeasures`` commands in one process (see flexmeasures_cariflex.cli.batch)."""
+    cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
+    # FlexMeasures writes flexmeasures.log into its working directory: keep it in var/.
+    result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+    if result.returncode != 0:
+        raise SystemExit(f"demo: `flexmeasures {commands}` failed (exit {result.returncode})")
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Poll a health URL until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo: {url} did not answer within {timeout_s:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen, name: str, timeout_s: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("killing after timeout", extra={"fields": {"process": name}})
+            proc.kill()
+            proc.wait()
+    log.info("stopped", extra={"fields": {"process": name, "exit": proc.returncode}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cariflex-demo",
+        description="Run the Cariflex EMS demo: database, site setup, admin user, FlexMeasures "
+        "server. Configuration from CARIFLEX_* variables or .env (see .env.example).",
+    )
+    parser.add_argument(
+        "--fleet", help="fleet description (default: $CARIFLEX_FLEET_FILE or the packaged one)"
+    )
+    parser.add_argument("--bind", help="FlexMeasures address host:port (default: $CARIFLEX_FM_BIND)")
+    args = parser.parse_args(argv)
+    logs.configure()
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    bind = args.bind or settings.get("CARIFLEX_FM_BIND")
+    fleet_flag = f" --fleet {args.fleet}" if args.fleet else ""
+    env = {
+        **os.environ,
+        "CARIFLEX_DATABASE_URL": prepare_database(),
+        "CARIFLEX_VAR_DIR": str(settings.var_dir()),
+        "CARIFLEX_ENV_FILE": str(Path(os.environ.get("CARIFLEX_ENV_FILE", ".env")).resolve()),
+    }
+    run_flexmeasures(["db upgrade", f"cariflex setup{fleet_flag}", f"cariflex ensure-admin{fleet_flag}"], env)
+    if stop.is_set():
+        return 0
+
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "--bind",
+            bind,
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "10",
+            "--no-control-socket",
+            "flexmeasures_cariflex.app:create_app()",
+        ],
+        env=env,
+        cwd=env["CARIFLEX_VAR_DIR"],
+    )
+    try:
+        base = f"http://{bind}"
+        wait_until_ready(f"{base}/api/v3_0/health/ready", server, timeout_s=120)
+        email = settings.get("CARIFLEX_ADMIN_EMAIL")
+        password_hint = (
+            "$CARIFLEX_ADMIN_PASSWORD"
+            if settings.get("CARIFLEX_ADMIN_PASSWORD")
+            else str(settings.var_dir() / "admin_password")
+        )
+        print(
+            f"\n  Cariflex EMS is running: {base}\n"
+            f"  Log in as {email} (password in {password_hint}).\n"
+            f"  Ctrl-C stops it.\n",
+            flush=True,
+        )
+        log.info("demo ready", extra={"fields": {"url": base, "login": email}})
+        while not stop.is_set() and server.poll() is None:
+            stop.wait(1)
+    finally:
+        stop_process(server, "flexmeasures-server")
+    return 0 if stop.is_set() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

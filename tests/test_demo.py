@@ -1,0 +1,94 @@
+"""`make demo` end to end: embedded database, migrations, setup, admin, server, clean stop."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def read_lines(stream, into: queue.Queue) -> None:
+    for line in stream:
+        into.put(line)
+
+
+def wait_for(lines: queue.Queue, pattern: str, timeout_s: float, seen: list[str]) -> re.Match:
+    regex = re.compile(pattern)
+    while True:
+        try:
+            line = lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen[-40:])}") from None
+        seen.append(line)
+        if match := regex.search(line):
+            return match
+
+
+def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARIFLEX_", "SQLALCHEMY_"))}
+    env.update(
+        CARIFLEX_VAR_DIR=str(tmp_path / "var"),  # no database URL: the embedded server is used
+        CARIFLEX_FM_BIND=f"127.0.0.1:{port}",
+        CARIFLEX_ENV_FILE=str(tmp_path / "no.env"),
+    )
+    demo = subprocess.Popen(
+        [str(BIN / "cariflex-demo")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(demo.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        password = wait_for(lines, r"Admin created: admin@cariflex.example  password: (\S+)", 240, seen)[1]
+        assert (tmp_path / "var" / "admin_password").read_text().strip() == password
+        wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
+        base = f"http://127.0.0.1:{port}"
+
+        token = requests.post(
+            f"{base}/api/requestAuthToken",
+            json={"email": "admin@cariflex.example", "password": password},
+            timeout=30,
+        ).json()["auth_token"]
+        assets = requests.get(
+            f"{base}/api/v3_0/assets",
+            headers={"Authorization": token},
+            params={"all_accessible": "true"},
+            timeout=30,
+        ).json()
+        site = next(a for a in assets if a["name"] == "Cariflex site")
+        children = [a for a in assets if a.get("parent_asset_id") == site["id"]]
+        names = sorted(a["name"] for a in children)
+        assert sum(n.startswith("pv_") for n in names) == 10
+        assert sum(n.startswith("bat_") for n in names) == 10
+        assert sum(n.startswith("ev_") for n in names) == 10
+
+        session = requests.Session()
+        page = session.get(f"{base}/login", timeout=30).text
+        csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
+        login = session.post(
+            f"{base}/login",
+            data={"email": "admin@cariflex.example", "password": password, "csrf_token": csrf},
+            timeout=30,
+        )
+        assert login.url.endswith("/dashboard"), login.url
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        exit_code = demo.wait(timeout=60)
+    assert exit_code == 0, "".join(seen[-40:])
+    # The embedded server stopped with the demo.
+    assert not (tmp_path / "var" / "pgdata" / "postmaster.pid").exists()

@@ -1,0 +1,45 @@
+"""CARIFLEX_* settings: documented, overridable, and secrets generated safely."""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+from cariflex import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_example_documents_every_variable():
+    text = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*(CARIFLEX_[A-Z_]+)=", text, flags=re.M))
+    assert documented == {v.name for v in settings.VARIABLES}
+
+
+def test_environment_beats_dotenv_beats_default(tmp_path, monkeypatch):
+    env_file = tmp_path / ".env"
+    env_file.write_text("CARIFLEX_FM_BIND=127.0.0.1:6001\nCARIFLEX_LOG_LEVEL=DEBUG\n")
+    monkeypatch.setenv("CARIFLEX_ENV_FILE", str(env_file))
+    monkeypatch.delenv("CARIFLEX_FM_BIND", raising=False)
+    monkeypatch.delenv("CARIFLEX_ADMIN_EMAIL", raising=False)
+    monkeypatch.setenv("CARIFLEX_LOG_LEVEL", "WARNING")
+    assert settings.get("CARIFLEX_FM_BIND") == "127.0.0.1:6001"
+    assert settings.get("CARIFLEX_LOG_LEVEL") == "WARNING"
+    assert settings.get("CARIFLEX_ADMIN_EMAIL") == "admin@cariflex.example"
+
+
+def test_empty_value_means_default(monkeypatch):
+    monkeypatch.setenv("CARIFLEX_FM_BIND", "")
+    assert settings.get("CARIFLEX_FM_BIND") == "127.0.0.1:5000"
+
+
+def test_secret_is_generated_once_with_mode_600(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARIFLEX_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("CARIFLEX_SECRET_KEY", raising=False)
+    first = settings.secret("CARIFLEX_SECRET_KEY", "secret_key")
+    assert len(first) >= 32
+    assert settings.secret("CARIFLEX_SECRET_KEY", "secret_key") == first
+    assert stat.S_IMODE((tmp_path / "var" / "secret_key").stat().st_mode) == 0o600
+    monkeypatch.setenv("CARIFLEX_SECRET_KEY", "from-the-environment")
+    assert settings.secret("CARIFLEX_SECRET_KEY", "secret_key") == "from-the-environment"
