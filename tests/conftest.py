@@ -93,6 +93,7 @@ def fm_db(app) -> Iterator:
     tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
     db.session.execute(db.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     db.session.commit()
+    db.session.expunge_all()  # ids restart: stale objects must not meet their successors
 
 
 @pytest.fixture
