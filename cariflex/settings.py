@@ -50,6 +50,33 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_ADMIN_EMAIL", "admin@cariflex.example", "the demo's admin login"),
     Variable("CARIFLEX_ADMIN_PASSWORD", None, "the demo admin's password; unset = generated under var/"),
     Variable("CARIFLEX_LOG_LEVEL", "INFO", "log level of every Cariflex process"),
+    # --- OpenADR VTN (vtn/) ---
+    Variable("CARIFLEX_VTN_DATABASE_URL", None, "VTN event store; unset = SQLite file var/vtn.sqlite"),
+    Variable(
+        "CARIFLEX_VTN_HOST", "127.0.0.1", "address the VTN and its admin API bind to (0.0.0.0 in containers)"
+    ),
+    Variable("CARIFLEX_VTN_PORT", "8080", "OpenADR 2.0b port (--port)"),
+    Variable("CARIFLEX_VTN_ADMIN_PORT", "8081", "operator admin API port (--admin-port)"),
+    Variable("CARIFLEX_VTN_POLL_SECONDS", "10", "poll period the VTN asks VENs to use (--poll-seconds)"),
+    Variable("CARIFLEX_VTN_ID", "cariflex-vtn", "the VTN's OpenADR vtnID"),
+    Variable(
+        "CARIFLEX_VTN_ADMIN_TOKEN",
+        None,
+        "bearer token of the admin API; unset = generated var/vtn_admin_token",
+    ),
+    Variable(
+        "CARIFLEX_VTN_ADMIN_URL", None, "operator CLI: talk to this admin API instead of the local store"
+    ),
+    Variable(
+        "CARIFLEX_VTN_DAY_AHEAD_TIME",
+        "13:00",
+        "local time (America/Martinique) the VTN publishes tomorrow's prices; 'off' disables",
+    ),
+    Variable(
+        "CARIFLEX_VTN_PRICE_FILE",
+        None,
+        "CSV of 24 hourly prices (EUR/MWh) for day-ahead; unset = tariff model",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 

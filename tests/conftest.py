@@ -105,3 +105,11 @@ def cli(app, fm_db):
         return runner.invoke(args=list(args), catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def vtn_store_url(request, tmp_path_factory, new_database) -> str:
+    """A VTN event store on each supported backend (one per test session)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('vtn') / 'vtn.sqlite'}"
+    return new_database("cariflex_vtn_test")

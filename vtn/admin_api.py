@@ -1,0 +1,154 @@
+"""The operator's JSON API, next to the OpenADR endpoint in the VTN process.
+
+The same operations as the CLI (vtn.operations), behind a bearer token
+(CARIFLEX_VTN_ADMIN_TOKEN). ``GET /health`` needs no token. Errors are JSON
+``{"error": "..."}`` with 400 (bad input), 401, 404 (unknown id) or 409 (state conflict).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from vtn import operations
+from vtn.events import Conflict, InputError, NotFound
+
+if TYPE_CHECKING:
+    from vtn.server import CariflexVtn
+
+VTN_KEY = web.AppKey("vtn", object)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler):
+    vtn: CariflexVtn = request.app[VTN_KEY]
+    if request.path != "/health":
+        sent = request.headers.get("Authorization", "")
+        expected = f"Bearer {vtn.options.admin_token}"
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            return _json({"error": "missing or wrong bearer token (CARIFLEX_VTN_ADMIN_TOKEN)"}, 401)
+    try:
+        return await handler(request)
+    except InputError as exc:
+        return _json({"error": str(exc)}, 400)
+    except NotFound as exc:
+        return _json({"error": str(exc)}, 404)
+    except Conflict as exc:
+        return _json({"error": str(exc)}, 409)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InputError("request body must be a JSON object")
+    return body
+
+
+def _fields(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InputError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+PRICE_FIELDS = {"start", "prices", "prices_name", "currency", "unit", "targets", "vens", "allow_past"}
+LOAD_FIELDS = {
+    "start",
+    "duration",
+    "levels",
+    "ramp_up",
+    "notification",
+    "recovery",
+    "targets",
+    "vens",
+    "allow_past",
+}
+
+
+async def health(request: web.Request) -> web.Response:
+    vtn: CariflexVtn = request.app[VTN_KEY]
+    try:
+        figures = operations.counts(vtn.store)
+    except Exception as exc:  # the store is what the VTN is for: unreachable = unhealthy
+        return _json({"status": "error", "store": str(exc)}, 503)
+    return _json({"status": "ok", "port": vtn.port, **figures})
+
+
+async def list_events(request: web.Request) -> web.Response:
+    active = request.query.get("active", "").lower() in ("1", "true", "yes")
+    return _json(operations.list_events(request.app[VTN_KEY].store, active=active))
+
+
+async def show_event(request: web.Request) -> web.Response:
+    return _json(operations.show_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+
+
+async def create_price(request: web.Request) -> web.Response:
+    body = _fields(await _body(request), PRICE_FIELDS)
+    return _json(operations.create_price_event(request.app[VTN_KEY].store, **body), 201)
+
+
+async def create_load_control(request: web.Request) -> web.Response:
+    body = _fields(await _body(request), LOAD_FIELDS)
+    return _json(operations.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
+
+
+async def modify_event(request: web.Request) -> web.Response:
+    body = _fields(await _body(request), PRICE_FIELDS | LOAD_FIELDS)
+    return _json(operations.modify_event(request.app[VTN_KEY].store, request.match_info["event_id"], **body))
+
+
+async def cancel_event(request: web.Request) -> web.Response:
+    return _json(operations.cancel_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+
+
+async def list_opts(request: web.Request) -> web.Response:
+    return _json(operations.list_opts(request.app[VTN_KEY].store, request.match_info["event_id"]))
+
+
+async def list_vens(request: web.Request) -> web.Response:
+    return _json(operations.list_vens(request.app[VTN_KEY].store))
+
+
+async def add_ven(request: web.Request) -> web.Response:
+    body = _fields(await _body(request), {"name", "fingerprint"})
+    return _json(
+        operations.add_ven(request.app[VTN_KEY].store, body.get("name", ""), body.get("fingerprint")), 201
+    )
+
+
+def make_app(vtn: CariflexVtn) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth])
+    app[VTN_KEY] = vtn
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/events", list_events),
+            web.post("/events/price", create_price),
+            web.post("/events/load-control", create_load_control),
+            web.get("/events/{event_id}", show_event),
+            web.patch("/events/{event_id}", modify_event),
+            web.post("/events/{event_id}/cancel", cancel_event),
+            web.get("/events/{event_id}/opts", list_opts),
+            web.get("/vens", list_vens),
+            web.post("/vens", add_ven),
+        ]
+    )
+    return app
+
+
+async def start(vtn: CariflexVtn, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(vtn), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,263 @@
+"""Operator input → validated event drafts, and the status rules of an event.
+
+Everything an operator can type passes through here, whichever way it came in (CLI, admin API,
+day-ahead scheduler), so the checks and their messages are the same everywhere. A draft is only
+handed to the store once it is entirely valid: a bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import isodate
+
+SITE_TZ = ZoneInfo("America/Martinique")
+HOUR = timedelta(hours=1)
+QUARTER = timedelta(minutes=15)
+PRICE_INTERVALS = 24
+
+PRICE_SIGNAL = ("ENERGY_PRICE", "price")
+LOAD_CONTROL_SIGNAL = ("LOAD_CONTROL", "x-loadControlCapacity")
+MARKET_CONTEXT = "http://cariflex.example/programs/martinique"
+# OpenADR 2.0b has no per-MWh itemBase (its XSD allows currency, currencyPerKWh, currencyPerKW,
+# currencyPerThm), so prices travel as currency per kWh and the VEN converts back.
+PRICE_UNITS = {"MWh": 1e-3, "kWh": 1.0}
+CURRENCIES = ("EUR", "USD")
+
+
+class InputError(ValueError):
+    """Bad operator input; the message names the input and the problem."""
+
+
+class NotFound(LookupError):
+    """An unknown event or VEN."""
+
+
+class Conflict(ValueError):
+    """A valid request the event's state does not allow (e.g. modifying a cancelled event)."""
+
+
+@dataclass
+class IntervalDraft:
+    start: datetime
+    duration: timedelta
+    value: float
+
+
+@dataclass
+class EventDraft:
+    kind: str
+    signal_name: str
+    signal_type: str
+    intervals: list[IntervalDraft]
+    measurement: dict | None = None
+    unit: str | None = None
+    ramp_up: timedelta | None = None
+    notification: timedelta | None = None
+    recovery: timedelta | None = None
+    resource_targets: list[str] | None = None
+    ven_names: list[str] | None = None
+    source: str = "operator"
+    entered_values: list[float] = field(default_factory=list)
+
+    @property
+    def start(self) -> datetime:
+        return self.intervals[0].start
+
+    @property
+    def duration(self) -> timedelta:
+        last = self.intervals[-1]
+        return last.start + last.duration - self.start
+
+
+def parse_time(text: str | datetime, name: str = "--start") -> datetime:
+    """An ISO 8601 time; without an offset it is read as Martinique local time."""
+    if isinstance(text, datetime):
+        moment = text
+    else:
+        try:
+            moment = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(
+                f"{name} {text!r} is not an ISO 8601 time (e.g. 2026-11-25T00:00-04:00)"
+            ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=SITE_TZ)
+    return moment.astimezone(UTC)
+
+
+def check_start(start: datetime, *, now: datetime, allow_past: bool, align: timedelta, name: str) -> None:
+    if start < now - timedelta(seconds=1) and not allow_past:
+        raise InputError(
+            f"{name} {start.astimezone(SITE_TZ).isoformat()} is in the past; "
+            "pass --allow-past (API: allow_past) if that is intended"
+        )
+    offset = start.astimezone(SITE_TZ) - start.astimezone(SITE_TZ).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if offset % align:
+        raise InputError(
+            f"{name} {start.astimezone(SITE_TZ).isoformat()} must fall on a "
+            f"{int(align.total_seconds() // 60)}-minute boundary"
+        )
+
+
+def parse_duration(text: str | timedelta | None, name: str, *, required: bool = True) -> timedelta | None:
+    """A positive ISO 8601 duration in days, hours, minutes or seconds (e.g. PT4H, PT30M)."""
+    if text is None or text == "":
+        if required:
+            raise InputError(f"{name} is missing; give an ISO 8601 duration such as PT4H")
+        return None
+    if isinstance(text, timedelta):
+        value = text
+    else:
+        try:
+            value = isodate.parse_duration(str(text).strip())
+        except (isodate.ISO8601Error, ValueError):
+            raise InputError(f"{name} {text!r} is not an ISO 8601 duration (e.g. PT4H, PT30M)") from None
+        if not isinstance(value, timedelta):
+            raise InputError(f"{name} {text!r}: use days, hours or minutes, not months or years")
+    if value <= timedelta(0):
+        raise InputError(f"{name} {text!r} must be a positive duration")
+    return value
+
+
+def parse_numbers(values: list, name: str) -> list[float]:
+    out = []
+    for index, raw in enumerate(values, start=1):
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: value {index} ({raw!r}) is not a number") from None
+        if not math.isfinite(number):
+            raise InputError(f"{name}: value {index} ({raw!r}) is not a finite number")
+        out.append(number)
+    return out
+
+
+def _names(values: list[str] | str | None, name: str) -> list[str] | None:
+    if values is None or values == "" or values == []:
+        return None
+    items = values.split(",") if isinstance(values, str) else list(values)
+    cleaned = [str(v).strip() for v in items]
+    if any(not v for v in cleaned):
+        raise InputError(f"{name} {values!r} has an empty entry")
+    return cleaned
+
+
+def price_draft(
+    *,
+    start: str | datetime,
+    prices: list,
+    currency: str = "EUR",
+    unit: str = "MWh",
+    targets: list[str] | str | None = None,
+    vens: list[str] | str | None = None,
+    allow_past: bool = False,
+    now: datetime | None = None,
+    source: str = "operator",
+    prices_name: str = "--values",
+) -> EventDraft:
+    """A day-ahead ENERGY_PRICE event: 24 one-hour intervals from ``start``."""
+    now = now or datetime.now(UTC)
+    begin = parse_time(start)
+    check_start(begin, now=now, allow_past=allow_past, align=HOUR, name="--start")
+    if currency not in CURRENCIES:
+        raise InputError(f"--currency {currency!r} is not supported; use one of {', '.join(CURRENCIES)}")
+    if unit not in PRICE_UNITS:
+        raise InputError(f"--unit {unit!r} is not supported; use one of {', '.join(PRICE_UNITS)}")
+    values = parse_numbers(list(prices), prices_name)
+    if len(values) != PRICE_INTERVALS:
+        raise InputError(
+            f"{prices_name} has {len(values)} prices; a price event needs exactly {PRICE_INTERVALS} "
+            "(one per hour)"
+        )
+    factor = PRICE_UNITS[unit]
+    return EventDraft(
+        kind="price",
+        signal_name=PRICE_SIGNAL[0],
+        signal_type=PRICE_SIGNAL[1],
+        intervals=[IntervalDraft(begin + i * HOUR, HOUR, v * factor) for i, v in enumerate(values)],
+        measurement={
+            "name": "currencyPerKWh",
+            "description": "currencyPerKWh",
+            "unit": currency,
+            "scale": "none",
+        },
+        unit=f"{currency}/{unit}",
+        resource_targets=_names(targets, "--targets"),
+        ven_names=_names(vens, "--vens"),
+        source=source,
+        entered_values=values,
+    )
+
+
+def load_control_draft(
+    *,
+    start: str | datetime,
+    duration: str | timedelta,
+    levels: list | str,
+    ramp_up: str | timedelta | None = None,
+    notification: str | timedelta | None = None,
+    recovery: str | timedelta | None = None,
+    targets: list[str] | str | None = None,
+    vens: list[str] | str | None = None,
+    allow_past: bool = False,
+    now: datetime | None = None,
+) -> EventDraft:
+    """A LOAD_CONTROL event: x-loadControlCapacity (fraction 0..1), one interval per hour."""
+    now = now or datetime.now(UTC)
+    begin = parse_time(start)
+    check_start(begin, now=now, allow_past=allow_past, align=QUARTER, name="--start")
+    length = parse_duration(duration, "--duration")
+    if length % QUARTER:
+        raise InputError(f"--duration {duration!r} must be a whole number of 15-minute steps")
+    raw_levels = levels.split(",") if isinstance(levels, str) else list(levels)
+    values = parse_numbers(raw_levels, "--levels")
+    for index, level in enumerate(values, start=1):
+        if not 0.0 <= level <= 1.0:
+            raise InputError(
+                f"--levels: value {index} ({level:g}) is outside 0..1 (a fraction of normal capacity)"
+            )
+    pieces: list[tuple[datetime, timedelta]] = []
+    cursor = begin
+    while cursor < begin + length:
+        step = min(HOUR, begin + length - cursor)
+        pieces.append((cursor, step))
+        cursor += step
+    if len(values) == 1:
+        values = values * len(pieces)
+    if len(values) != len(pieces):
+        raise InputError(
+            f"--levels has {len(values)} values; give 1 (for the whole event) or {len(pieces)} (one per hour)"
+        )
+    return EventDraft(
+        kind="load_control",
+        signal_name=LOAD_CONTROL_SIGNAL[0],
+        signal_type=LOAD_CONTROL_SIGNAL[1],
+        intervals=[IntervalDraft(s, d, v) for (s, d), v in zip(pieces, values, strict=True)],
+        ramp_up=parse_duration(ramp_up, "--ramp-up", required=False),
+        notification=parse_duration(notification, "--notification", required=False),
+        recovery=parse_duration(recovery, "--recovery", required=False),
+        resource_targets=_names(targets, "--targets"),
+        ven_names=_names(vens, "--vens"),
+        entered_values=values,
+    )
+
+
+def status_at(
+    *, start: datetime, duration: timedelta, ramp_up: timedelta | None, cancelled: bool, now: datetime
+) -> str:
+    """OpenADR event status (same rules as openleadr's determine_event_status, plus cancelled)."""
+    if cancelled:
+        return "cancelled"
+    if now >= start + duration:
+        return "completed"
+    if now >= start:
+        return "active"
+    if ramp_up is not None and now >= start - ramp_up:
+        return "near"
+    return "far"

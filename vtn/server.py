@@ -1,0 +1,475 @@
+"""The VTN process: openleadr's OpenADRServer, answered from the persistent store.
+
+openleadr's own queues live in memory: a restart loses every event, the modification API is
+missing, ramp-up periods are dropped by ``add_raw_event`` and a modification while a VEN's
+answer is in flight costs opt responses (452). We therefore run openleadr in its *external
+polling* mode and answer every poll from the store:
+
+- ``on_poll``: distribute the VEN's events whenever one of them has a modification number or a
+  status (far → near → active) the VEN has not been sent yet; what was sent is stored first.
+- ``on_request_event`` (a VEN's initial sync): all its events.
+- ``oadrCreatedEvent`` (replaced handler): every opt response is stored under the modification
+  number the VEN answered, so nothing is lost when a modification crosses the answer.
+- ``oadrUpdateReport`` (replaced handler): every value is stored, also after a restart, when
+  openleadr would no longer know the report's callback.
+
+Events are built here as ``openleadr.objects.Event`` with their own ActivePeriod, so
+ramp-up, notification and recovery periods reach the VEN. The admin API, the day-ahead price
+job and the health check run in the same asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from openleadr import OpenADRServer, objects
+from sqlalchemy import select
+
+from vtn.operations import event_status
+from vtn.store import (
+    Delivery,
+    Event,
+    OptResponse,
+    ReportRegistration,
+    ReportValue,
+    Store,
+    Ven,
+    utcnow,
+)
+
+log = logging.getLogger("cariflex.vtn")
+
+PATH_PREFIX = "/OpenADR2/Simple/2.0b"
+LAST_POLL_FLUSH_S = 2.0
+GENERATION_CHECK_S = 0.1
+
+
+@dataclass
+class VtnOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int = 8081
+    poll_seconds: float = 10.0
+    vtn_id: str = "cariflex-vtn"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    insecure: bool = False
+    admin_token: str = ""
+    day_ahead_time: str | None = "13:00"
+    price_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key and self.tls_ca)
+
+
+class StoreView:
+    """The store as the poll path needs it, cached; reloaded when an operator write happened."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.generation = -1
+        self._checked_at = 0.0
+        self.events: list[Event] = []
+        self.vens_by_id: dict[str, Ven] = {}
+        self.deliveries: dict[str, dict[str, tuple[int, str]]] = {}
+        self.answered: set[tuple[str, str, int]] = set()  # (ven_id, event_id, modification number)
+        self.last_polls: dict[str, datetime] = {}
+
+    def refresh(self, force: bool = False) -> None:
+        loop_time = asyncio.get_running_loop().time() if _in_loop() else 0.0
+        if not force and loop_time - self._checked_at < GENERATION_CHECK_S:
+            return
+        self._checked_at = loop_time
+        generation = self.store.generation()
+        if generation == self.generation and not force:
+            return
+        horizon = utcnow() - timedelta(days=1)
+        with self.store.session() as session:
+            events = session.execute(select(Event).order_by(Event.start)).scalars().all()
+            # Completed events stay out of distributions; keep a day for late answers.
+            self.events = [e for e in events if e.start.timestamp() + e.duration_s > horizon.timestamp()]
+            self.vens_by_id = {v.ven_id: v for v in session.execute(select(Ven)).scalars()}
+            if force:
+                self.deliveries = {}
+                for d in session.execute(select(Delivery)).scalars():
+                    self.deliveries.setdefault(d.ven_id, {})[d.event_id] = (d.modification_number, d.status)
+                self.answered = {
+                    (o.ven_id, o.event_id, o.modification_number)
+                    for o in session.execute(select(OptResponse)).scalars()
+                }
+        self.generation = generation
+
+    def events_for(self, ven: Ven, now: datetime) -> list[tuple[Event, str]]:
+        """The events a VEN should hold now, with their status."""
+        out = []
+        for event in self.events:
+            if event.ven_names is not None and ven.ven_name not in event.ven_names:
+                continue
+            status = event_status(event, now)
+            if status == "completed":
+                continue
+            if status == "cancelled" and (
+                (ven.ven_id, event.event_id, event.modification_number) in self.answered
+                or event.event_id not in self.deliveries.get(ven.ven_id, {})
+            ):
+                continue  # the VEN confirmed the cancellation, or never knew the event
+            out.append((event, status))
+        return out
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def to_openadr(event: Event, ven: Ven, status: str) -> objects.Event:
+    """The openleadr object for one VEN, with the periods openleadr's add_raw_event would drop."""
+    intervals = [
+        objects.Interval(
+            dtstart=i.start, duration=timedelta(seconds=i.duration_s), signal_payload=i.value, uid=i.uid
+        )
+        for i in event.intervals
+    ]
+    measurement = objects.Measurement(**event.measurement) if event.measurement else None
+    if event.resource_targets:
+        targets = [objects.Target(resource_id=r) for r in event.resource_targets]
+    else:
+        targets = [objects.Target(ven_id=ven.ven_id)]
+    active_period = objects.ActivePeriod(
+        dtstart=event.start,
+        duration=timedelta(seconds=event.duration_s),
+        ramp_up_period=_delta(event.ramp_up_s),
+        notification_period=_delta(event.notification_s),
+        recovery_period=_delta(event.recovery_s),
+    )
+    event_object = objects.Event(
+        event_descriptor=objects.EventDescriptor(
+            event_id=event.event_id,
+            modification_number=event.modification_number,
+            market_context=event.market_context,
+            event_status=status,
+            created_date_time=event.created_at,
+            modification_date_time=event.modified_at,
+            priority=event.priority,
+        ),
+        event_signals=[
+            objects.EventSignal(
+                intervals=intervals,
+                signal_name=event.signal_name,
+                signal_type=event.signal_type,
+                signal_id=f"{event.event_id}-0",
+                measurement=measurement,
+                current_value=_current_value(event, status),
+            )
+        ],
+        targets=targets,
+        active_period=active_period,
+        response_required=event.response_required,
+    )
+    # openleadr gap: Event.__post_init__ overwrites event_status with the one computed from the
+    # active period, so a cancelled event would go out as far/near/active (test_vtn_units).
+    event_object.event_descriptor.event_status = status
+    return event_object
+
+
+def _delta(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _current_value(event: Event, status: str) -> float:
+    if status == "active":
+        now = utcnow()
+        for interval in event.intervals:
+            if interval.start <= now < interval.start + timedelta(seconds=interval.duration_s):
+                return interval.value
+    return 0.0
+
+
+class CariflexVtn:
+    """The VTN service: OpenADR endpoint, admin API and day-ahead job in one asyncio loop."""
+
+    def __init__(self, store: Store, options: VtnOptions):
+        self.store = store
+        self.options = options
+        self.view = StoreView(store)
+        self.stopping = asyncio.Event()
+        self.port: int | None = None
+        self.admin_port: int | None = None
+        tls = options.tls
+        self.server = OpenADRServer(
+            vtn_id=options.vtn_id,
+            http_host=options.host,
+            http_port=options.port,
+            http_path_prefix=PATH_PREFIX,
+            requested_poll_freq=timedelta(seconds=options.poll_seconds),
+            http_cert=options.tls_cert if tls else None,
+            http_key=options.tls_key if tls else None,
+            http_ca_file=options.tls_ca if tls else None,
+            cert=options.tls_cert if tls else None,  # also signs outgoing messages
+            key=options.tls_key if tls else None,
+            ven_lookup=self.ven_lookup,
+            verify_message_signatures=True,
+            show_fingerprint=False,
+        )
+        self.server.add_handler("on_create_party_registration", self.on_create_party_registration)
+        self.server.add_handler("on_poll", self.on_poll)  # external mode: the store is the queue
+        self.server.add_handler("on_request_event", self.on_request_event)
+        self.server.add_handler("on_register_report", self.on_register_report)
+        events = self.server.services["event_service"]
+        events.handlers["oadrCreatedEvent"] = self.on_created_event
+        reports = self.server.services["report_service"]
+        reports.handlers["oadrUpdateReport"] = self.on_update_report
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def ven_lookup(self, ven_id: str) -> dict[str, Any] | None:
+        self.view.refresh()
+        ven = self.view.vens_by_id.get(ven_id)
+        if ven is None:
+            return None
+        return {
+            "ven_id": ven.ven_id,
+            "ven_name": ven.ven_name,
+            "fingerprint": ven.fingerprint,
+            "registration_id": ven.registration_id,
+        }
+
+    def on_create_party_registration(self, payload: dict[str, Any]):
+        name = payload.get("ven_name")
+        with self.store.session() as session:
+            ven = session.execute(select(Ven).where(Ven.ven_name == name)).scalar_one_or_none()
+            if ven is None:
+                log.warning("refused registration: VEN not provisioned", extra={"fields": {"ven_name": name}})
+                return False
+            if self.options.tls:
+                presented = payload.get("fingerprint")
+                if ven.fingerprint is None or presented != ven.fingerprint:
+                    log.warning(
+                        "refused registration: certificate fingerprint does not match",
+                        extra={
+                            "fields": {
+                                "ven_name": name,
+                                "presented": presented,
+                                "provisioned": ven.fingerprint,
+                            }
+                        },
+                    )
+                    return False
+            ven.registration_id = f"reg-{secrets.token_hex(6)}"
+            ven.registered_at = utcnow()
+            Store.bump_generation(session)
+            result = (ven.ven_id, ven.registration_id)
+        log.info("VEN registered", extra={"fields": {"ven_name": name, "ven_id": result[0]}})
+        self.view.refresh(force=False)
+        return result
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _ven(self, ven_id: str) -> Ven | None:
+        self.view.refresh()
+        return self.view.vens_by_id.get(ven_id)
+
+    def _distribution(self, ven: Ven, now: datetime, *, force: bool) -> list[objects.Event] | None:
+        current = self.view.events_for(ven, now)
+        delivered = self.view.deliveries.setdefault(ven.ven_id, {})
+        wanted = {e.event_id: (e.modification_number, status) for e, status in current}
+        if not force and all(delivered.get(eid) == state for eid, state in wanted.items()):
+            return None
+        # Store what is sent before sending it: after a crash we re-send rather than forget.
+        with self.store.session() as session:
+            for event_id, (number, status) in wanted.items():
+                session.merge(
+                    Delivery(
+                        ven_id=ven.ven_id,
+                        event_id=event_id,
+                        modification_number=number,
+                        status=status,
+                        delivered_at=now,
+                    )
+                )
+        delivered.update(wanted)
+        return [to_openadr(e, ven, status) for e, status in current]
+
+    def on_poll(self, ven_id: str):
+        now = utcnow()
+        ven = self._ven(ven_id)
+        if ven is None:
+            return None
+        self.view.last_polls[ven_id] = now
+        events = self._distribution(ven, now, force=False)
+        if events is None:
+            return None
+        log.info("distributing events", extra={"fields": {"ven_id": ven_id, "events": len(events)}})
+        return "oadrDistributeEvent", {"events": events}
+
+    def on_request_event(self, ven_id: str):
+        ven = self._ven(ven_id)
+        if ven is None:
+            return None
+        events = self._distribution(ven, utcnow(), force=True)
+        return events or None
+
+    async def on_created_event(self, payload: dict[str, Any]):
+        ven_id = payload["ven_id"]
+        now = utcnow()
+        with self.store.session() as session:
+            for response in payload.get("event_responses") or []:
+                key = (ven_id, response["event_id"], int(response["modification_number"]))
+                existing = session.execute(
+                    select(OptResponse).where(
+                        OptResponse.ven_id == key[0],
+                        OptResponse.event_id == key[1],
+                        OptResponse.modification_number == key[2],
+                    )
+                ).scalar_one_or_none()
+                if existing is None:
+                    session.add(
+                        OptResponse(
+                            ven_id=key[0],
+                            event_id=key[1],
+                            modification_number=key[2],
+                            opt_type=response["opt_type"],
+                            received_at=now,
+                        )
+                    )
+                else:
+                    existing.opt_type, existing.received_at = response["opt_type"], now
+                self.view.answered.add(key)
+                log.info(
+                    "opt response",
+                    extra={
+                        "fields": {
+                            "ven_id": ven_id,
+                            "event_id": key[1],
+                            "modification_number": key[2],
+                            "opt": response["opt_type"],
+                        }
+                    },
+                )
+        return "oadrResponse", {}
+
+    # --- reports --------------------------------------------------------------------------------
+
+    def on_register_report(
+        self, ven_id, resource_id, measurement, unit, scale, min_sampling_interval, max_sampling_interval
+    ):
+        """Accept every TELEMETRY_USAGE stream offered; values are stored by on_update_report."""
+        with self.store.session() as session:
+            session.add(
+                ReportRegistration(
+                    ven_id=ven_id,
+                    report_specifier_id=str(resource_id or ""),
+                    r_id=str(measurement),
+                    description={
+                        "resource_id": resource_id,
+                        "measurement": measurement,
+                        "unit": unit,
+                        "scale": scale,
+                    },
+                )
+            )
+        period = min_sampling_interval or timedelta(seconds=10)
+        period = min(max(period, timedelta(seconds=10)), timedelta(minutes=15))
+        return (self._ignore_values, period)
+
+    @staticmethod
+    def _ignore_values(data):  # the replaced oadrUpdateReport handler has stored them already
+        return None
+
+    async def on_update_report(self, payload: dict[str, Any]):
+        ven_id = payload.get("ven_id")
+        rows = []
+        for report in payload.get("reports") or []:
+            for interval in report.get("intervals") or []:
+                body = interval.get("report_payload") or {}
+                if "value" not in body:
+                    continue
+                rows.append(
+                    ReportValue(
+                        ven_id=ven_id,
+                        r_id=body.get("r_id"),
+                        report_request_id=report.get("report_request_id"),
+                        at=interval["dtstart"],
+                        value=float(body["value"]),
+                    )
+                )
+        if rows:
+            with self.store.session() as session:
+                session.add_all(rows)
+        return "oadrUpdatedReport", {}
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def _flush_last_polls(self) -> None:
+        if not self.view.last_polls:
+            return
+        polls, self.view.last_polls = self.view.last_polls, {}
+        with self.store.session() as session:
+            for ven_id, at in polls.items():
+                ven = session.execute(select(Ven).where(Ven.ven_id == ven_id)).scalar_one_or_none()
+                if ven is not None:
+                    ven.last_poll_at = at
+
+    async def _last_poll_writer(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), LAST_POLL_FLUSH_S)
+            await self._flush_last_polls()
+
+    async def run(self) -> None:
+        from vtn import admin_api
+        from vtn.scheduler import start_day_ahead
+
+        self.view.refresh(force=True)
+        await self.server.run()
+        self.port = _bound_port(self.server.app_runner)
+        admin_runner = await admin_api.start(self, self.options.host, self.options.admin_port)
+        self.admin_port = _bound_port(admin_runner)
+        scheduler = start_day_ahead(self)
+        writer = asyncio.create_task(self._last_poll_writer())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        scheme = "https" if self.options.tls else "http"
+        log.info(
+            "vtn ready",
+            extra={
+                "fields": {
+                    "url": f"{scheme}://{self.options.host}:{self.port}{PATH_PREFIX}",
+                    "port": self.port,
+                    "admin_port": self.admin_port,
+                    "poll_seconds": self.options.poll_seconds,
+                    "tls": self.options.tls,
+                    "store": self.store.engine.url.render_as_string(hide_password=True),
+                }
+            },
+        )
+        await self.stopping.wait()
+        log.info("vtn stopping")
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        await writer
+        await admin_runner.cleanup()
+        await self.server.app_runner.cleanup()
+        self.store.dispose()
+        log.info("vtn stopped")
+
+
+def _bound_port(runner) -> int:
+    """The port actually bound (the options may say 0 = any free port)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("server has no TCP address")
