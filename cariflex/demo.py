@@ -106,52 +106,93 @@ def main(argv: list[str] | None = None) -> int:
     fleet_flag = f" --fleet {args.fleet}" if args.fleet else ""
     env = {
         **os.environ,
-        "CARIFLEX_DATABASE_URL": prepare_database(),
         "CARIFLEX_VAR_DIR": str(settings.var_dir()),
         "CARIFLEX_ENV_FILE": str(Path(os.environ.get("CARIFLEX_ENV_FILE", ".env")).resolve()),
     }
-    run_flexmeasures(["db upgrade", f"cariflex setup{fleet_flag}", f"cariflex ensure-admin{fleet_flag}"], env)
-    if stop.is_set():
-        return 0
-
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "--bind",
-            bind,
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--graceful-timeout",
-            "10",
-            "--no-control-socket",
-            "flexmeasures_cariflex.app:create_app()",
-        ],
-        env=env,
-        cwd=env["CARIFLEX_VAR_DIR"],
-    )
+    running: list[tuple[str, subprocess.Popen]] = []
     try:
+        # The VTN needs nothing from FlexMeasures: start it first, it is ready long before.
+        provision_ven(settings.get("CARIFLEX_VEN_NAME"))
+        vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
+        env["CARIFLEX_DATABASE_URL"] = prepare_database()
+        run_flexmeasures(
+            ["db upgrade", f"cariflex setup{fleet_flag}", f"cariflex ensure-admin{fleet_flag}"], env
+        )
+        if stop.is_set():
+            return 0
+        server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
+
         base = f"http://{bind}"
+        vtn_admin = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_ADMIN_PORT')}"
         wait_until_ready(f"{base}/api/v3_0/health/ready", server, timeout_s=120)
-        email = settings.get("CARIFLEX_ADMIN_EMAIL")
-        password_hint = (
-            "$CARIFLEX_ADMIN_PASSWORD"
-            if settings.get("CARIFLEX_ADMIN_PASSWORD")
-            else str(settings.var_dir() / "admin_password")
-        )
-        print(
-            f"\n  Cariflex EMS is running: {base}\n"
-            f"  Log in as {email} (password in {password_hint}).\n"
-            f"  Ctrl-C stops it.\n",
-            flush=True,
-        )
-        log.info("demo ready", extra={"fields": {"url": base, "login": email}})
-        while not stop.is_set() and server.poll() is None:
+        wait_until_ready(f"{vtn_admin}/health", vtn, timeout_s=60)
+        print(banner(base, vtn_admin), flush=True)
+        log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
+        while not stop.is_set() and all(proc.poll() is None for _, proc in running):
             stop.wait(1)
     finally:
-        stop_process(server, "flexmeasures-server")
+        for name, proc in reversed(running):
+            stop_process(proc, name)
     return 0 if stop.is_set() else 1
+
+
+def gunicorn_command(bind: str) -> list[str]:
+    return [
+        str(BIN / "gunicorn"),
+        "--bind",
+        bind,
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--graceful-timeout",
+        "10",
+        "--no-control-socket",
+        "flexmeasures_cariflex.app:create_app()",
+    ]
+
+
+def start_process(
+    name: str, command: list[str], env: dict[str, str], running: list[tuple[str, subprocess.Popen]]
+) -> subprocess.Popen:
+    # Working directory var/: FlexMeasures writes flexmeasures.log into it.
+    proc = subprocess.Popen(command, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+    running.append((name, proc))
+    log.info("started", extra={"fields": {"process": name, "pid": proc.pid}})
+    return proc
+
+
+def provision_ven(name: str) -> None:
+    """The bridge's VEN must be provisioned before it may register (idempotent)."""
+    from vtn import operations
+    from vtn.events import Conflict
+    from vtn.store import Store, default_url
+
+    store = Store(default_url())
+    try:
+        operations.add_ven(store, name)
+        log.info("provisioned VEN", extra={"fields": {"ven_name": name}})
+    except Conflict:
+        pass
+    finally:
+        store.dispose()
+
+
+def banner(base: str, vtn_admin: str) -> str:
+    email = settings.get("CARIFLEX_ADMIN_EMAIL")
+    password_hint = (
+        "$CARIFLEX_ADMIN_PASSWORD"
+        if settings.get("CARIFLEX_ADMIN_PASSWORD")
+        else str(settings.var_dir() / "admin_password")
+    )
+    vtn_url = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
+    return (
+        f"\n  Cariflex EMS is running: {base}\n"
+        f"  Log in as {email} (password in {password_hint}).\n"
+        f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
+        "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
+        "  Ctrl-C stops it.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ def wait_for(lines: queue.Queue, pattern: str, timeout_s: float, seen: list[str]
 
 
 def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
-    port = free_port()
+    port, vtn_port, vtn_admin_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CARIFLEX_", "SQLALCHEMY_"))}
     env.update(
         CARIFLEX_VAR_DIR=str(tmp_path / "var"),  # no database URL: the embedded server is used
         CARIFLEX_FM_BIND=f"127.0.0.1:{port}",
+        CARIFLEX_VTN_PORT=str(vtn_port),
+        CARIFLEX_VTN_ADMIN_PORT=str(vtn_admin_port),
         CARIFLEX_ENV_FILE=str(tmp_path / "no.env"),
     )
     demo = subprocess.Popen(
@@ -86,6 +88,15 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             timeout=30,
         )
         assert login.url.endswith("/dashboard"), login.url
+
+        # The VTN runs beside it, with the bridge's VEN provisioned.
+        vtn_admin = f"http://127.0.0.1:{vtn_admin_port}"
+        assert requests.get(f"{vtn_admin}/health", timeout=30).json()["status"] == "ok"
+        token = (tmp_path / "var" / "vtn_admin_token").read_text().strip()
+        vens = requests.get(
+            f"{vtn_admin}/vens", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ).json()
+        assert [v["ven_name"] for v in vens] == ["cariflex-ven"]
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)

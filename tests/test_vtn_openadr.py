@@ -239,3 +239,34 @@ def test_plain_http_needs_insecure(tmp_path, vtn_store_url):
     result = vtn.cli("serve", "--port", "0", "--admin-port", "0", check=False)
     assert result.returncode == 2
     assert "refusing to serve OpenADR over plain HTTP" in result.stderr
+
+
+def test_day_ahead_prices_are_published_at_start_when_the_time_has_passed(tmp_path, fleet):
+    store = f"sqlite:///{tmp_path / 'dayahead.sqlite'}"
+    prices = tmp_path / "prices.csv"
+    prices.write_text("hour,price\n" + "\n".join(f"{h},{120 + h}" for h in range(24)) + "\n")
+    vtn = VtnProcess(
+        tmp_path, store, extra=["--insecure", "--day-ahead-time", "00:00", "--price-file", str(prices)]
+    ).start()
+    try:
+        vtn.cli("ven", "add", "ven-d")
+        ven = fleet.add("ven-d", vtn.url)
+        events = wait_until(
+            lambda: [e for e in vtn.admin("GET", "/events").json() if e["source"] == "day-ahead"],
+            20,
+            "the day-ahead event",
+        )
+        assert events[0]["start"] == NEXT_DAY.isoformat()
+        got = wait_until(lambda: ven.latest(events[0]["event_id"]), 20, "day-ahead prices at the VEN")
+        assert got["values"] == pytest.approx([(120 + h) / 1000 for h in range(24)])
+    finally:
+        assert vtn.stop() == 0
+    # A restart does not publish the same day twice.
+    again = VtnProcess(
+        tmp_path, store, extra=["--insecure", "--day-ahead-time", "00:00", "--price-file", str(prices)]
+    ).start()
+    try:
+        wait_until(lambda: again.logged("day-ahead prices already published"), 20, "the idempotency check")
+        assert len([e for e in again.admin("GET", "/events").json() if e["source"] == "day-ahead"]) == 1
+    finally:
+        again.stop()
