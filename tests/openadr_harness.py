@@ -173,13 +173,23 @@ class VenFleet:
     def _run(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def add(self, name: str, vtn_url: str, *, opt: str = "optIn", **client_kwargs: Any) -> Ven:
+    def add(
+        self,
+        name: str,
+        vtn_url: str,
+        *,
+        opt: str = "optIn",
+        reports: list[dict] | None = None,
+        **client_kwargs: Any,
+    ) -> Ven:
         ven = Ven(name, opt)
 
         async def start() -> None:
             client = OpenADRClient(ven_name=name, vtn_url=vtn_url, show_fingerprint=False, **client_kwargs)
             client.add_handler("on_event", ven.handle)
             client.add_handler("on_update_event", ven.handle)
+            for report in reports or []:
+                client.add_report(**report)
             ven.client = client
             await client.run()
             ven.registered = client.registration_id is not None

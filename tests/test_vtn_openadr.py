@@ -270,3 +270,41 @@ def test_day_ahead_prices_are_published_at_start_when_the_time_has_passed(tmp_pa
         assert len([e for e in again.admin("GET", "/events").json() if e["source"] == "day-ahead"]) == 1
     finally:
         again.stop()
+
+
+def test_telemetry_reports_are_stored(vtn, fleet, vtn_store_url):
+    from sqlalchemy import select
+
+    from vtn.store import ReportValue, Store
+
+    provision(vtn, "ven-t")
+    readings = iter(range(1000))
+    ven = fleet.add(
+        "ven-t",
+        vtn.url,
+        reports=[
+            {
+                "callback": lambda: 40.0 + next(readings),
+                "resource_id": "site",
+                "measurement": "power_real",
+                "unit": "W",
+                "sampling_rate": timedelta(seconds=1),
+                "report_duration": timedelta(hours=1),
+            }
+        ],
+    )
+    assert ven.registered
+    store = Store(vtn_store_url)
+
+    def stored() -> list[ReportValue]:
+        with store.session() as session:
+            return (
+                session.execute(select(ReportValue).where(ReportValue.ven_id == ven.ven_id)).scalars().all()
+            )
+
+    try:
+        values = wait_until(lambda: len(stored()) >= 2 and stored(), 30, "two stored report values")
+        assert all(v.value >= 40.0 for v in values)
+        assert all(v.at.tzinfo is not None for v in values)
+    finally:
+        store.dispose()

@@ -375,8 +375,9 @@ class CariflexVtn:
                     },
                 )
             )
+        # As fast as the VEN offers, within 1 s .. 15 min.
         period = min_sampling_interval or timedelta(seconds=10)
-        period = min(max(period, timedelta(seconds=10)), timedelta(minutes=15))
+        period = min(max(period, timedelta(seconds=1)), timedelta(minutes=15))
         return (self._ignore_values, period)
 
     @staticmethod
