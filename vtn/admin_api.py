@@ -61,20 +61,6 @@ def _fields(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
     return body
 
 
-PRICE_FIELDS = {"start", "prices", "prices_name", "currency", "unit", "targets", "vens", "allow_past"}
-LOAD_FIELDS = {
-    "start",
-    "duration",
-    "levels",
-    "ramp_up",
-    "notification",
-    "recovery",
-    "targets",
-    "vens",
-    "allow_past",
-}
-
-
 async def health(request: web.Request) -> web.Response:
     vtn: CariflexVtn = request.app[VTN_KEY]
     try:
@@ -94,17 +80,17 @@ async def show_event(request: web.Request) -> web.Response:
 
 
 async def create_price(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), PRICE_FIELDS)
+    body = _fields(await _body(request), operations.PRICE_FIELDS)
     return _json(operations.create_price_event(request.app[VTN_KEY].store, **body), 201)
 
 
 async def create_load_control(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), LOAD_FIELDS)
+    body = _fields(await _body(request), operations.LOAD_CONTROL_FIELDS)
     return _json(operations.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
 
 
 async def modify_event(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), PRICE_FIELDS | LOAD_FIELDS)
+    body = _fields(await _body(request), operations.PRICE_FIELDS | operations.LOAD_CONTROL_FIELDS)
     return _json(operations.modify_event(request.app[VTN_KEY].store, request.match_info["event_id"], **body))
 
 

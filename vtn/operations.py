@@ -27,6 +27,14 @@ from vtn.events import (
 )
 from vtn.store import Event, EventHistory, Interval, OptResponse, Store, Ven
 
+# The inputs of each event kind, by the names the CLI options and the admin API share.
+PRICE_FIELDS = frozenset(
+    {"start", "prices", "prices_name", "currency", "unit", "targets", "vens", "allow_past"}
+)
+LOAD_CONTROL_FIELDS = frozenset(
+    {"start", "duration", "levels", "ramp_up", "notification", "recovery", "targets", "vens", "allow_past"}
+)
+
 _FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){9}[0-9A-F]{2}$")
 _VEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -222,8 +230,7 @@ def modify_event(
             "now": now,
         }
         if event.kind == "price":
-            allowed = {"start", "prices", "targets", "vens", "allow_past", "prices_name"}
-            _refuse_unknown(changes, allowed, event)
+            _refuse_unknown(changes, PRICE_FIELDS - {"currency", "unit"}, event)
             currency, unit = (event.unit or "EUR/MWh").split("/")
             draft = price_draft(
                 prices=changes.get("prices", entered_values(event)),
@@ -234,18 +241,7 @@ def modify_event(
                 **common,
             )
         else:
-            allowed = {
-                "start",
-                "duration",
-                "levels",
-                "ramp_up",
-                "notification",
-                "recovery",
-                "targets",
-                "vens",
-                "allow_past",
-            }
-            _refuse_unknown(changes, allowed, event)
+            _refuse_unknown(changes, LOAD_CONTROL_FIELDS, event)
             draft = load_control_draft(
                 duration=changes.get("duration", timedelta(seconds=event.duration_s)),
                 levels=changes.get("levels", entered_values(event)),
@@ -256,19 +252,24 @@ def modify_event(
             )
         _check_vens(session, draft.ven_names)
         _apply(event, draft)
-        event.modification_number += 1
-        event.modified_at = now
-        session.add(
-            EventHistory(
-                event_id=event_id,
-                modification_number=event.modification_number,
-                action="modify",
-                at=now,
-                snapshot=_snapshot(event),
-            )
-        )
-        store.bump_generation(session)
+        _record_change(session, event, "modify", now)
         return event_dict(event, now)
+
+
+def _record_change(session: Session, event: Event, action: str, now: datetime) -> None:
+    """A change VENs must see: next modification number, audit trail, and a cache refresh."""
+    event.modification_number += 1
+    event.modified_at = now
+    session.add(
+        EventHistory(
+            event_id=event.event_id,
+            modification_number=event.modification_number,
+            action=action,
+            at=now,
+            snapshot=_snapshot(event),
+        )
+    )
+    Store.bump_generation(session)
 
 
 def _refuse_unknown(changes: dict[str, Any], allowed: set[str], event: Event) -> None:
@@ -285,18 +286,7 @@ def cancel_event(store: Store, event_id: str, *, now: datetime | None = None) ->
         if status in ("cancelled", "completed"):
             raise Conflict(f"event {event_id} is already {status}")
         event.cancelled = True
-        event.modification_number += 1
-        event.modified_at = now
-        session.add(
-            EventHistory(
-                event_id=event_id,
-                modification_number=event.modification_number,
-                action="cancel",
-                at=now,
-                snapshot=_snapshot(event),
-            )
-        )
-        store.bump_generation(session)
+        _record_change(session, event, "cancel", now)
         return event_dict(event, now, with_intervals=False)
 
 
