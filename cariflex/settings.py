@@ -72,7 +72,25 @@ VARIABLES: tuple[Variable, ...] = (
         "13:00",
         "local time (America/Martinique) the VTN publishes tomorrow's prices; 'off' disables",
     ),
+    # --- VEN bridge (ven_bridge/) ---
     Variable("CARIFLEX_VEN_NAME", "cariflex-ven", "the VEN's name; the demo provisions it on the VTN"),
+    Variable(
+        "CARIFLEX_VTN_URL",
+        "http://127.0.0.1:8080/OpenADR2/Simple/2.0b",
+        "the VTN the VEN registers with (--vtn-url)",
+    ),
+    Variable("CARIFLEX_VEN_STATE_DIR", None, "VEN outbox and state (--state-dir); unset = var/ven"),
+    Variable("CARIFLEX_FM_URL", "http://127.0.0.1:5000", "FlexMeasures the VEN posts to"),
+    Variable(
+        "CARIFLEX_FM_USER",
+        "ven@cariflex.example",
+        "FlexMeasures account the VEN posts as (role cariflex-ven)",
+    ),
+    Variable(
+        "CARIFLEX_FM_PASSWORD",
+        None,
+        "its password; unset = generated var/fm_ven_password (demo creates the user)",
+    ),
     Variable(
         "CARIFLEX_VTN_PRICE_FILE",
         None,
