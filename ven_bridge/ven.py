@@ -1,0 +1,201 @@
+"""The VEN process: openleadr's OpenADRClient, made to survive the things it does not.
+
+- The VTN may be down when we start: openleadr then gives up ("No RegistrationID received");
+  we retry with a fresh client and capped exponential backoff, logging each try.
+- Handlers must not block the poll loop: they decide optIn/optOut from the event alone
+  (ven_bridge.policy) and put the event into the durable outbox; the poster thread talks to
+  FlexMeasures. No network call happens inside a handler.
+- openleadr keeps nothing on disk: the outbox (and its ``done`` keys) makes a restart resume where
+  it stopped, without posting anything twice.
+- Telemetry: a TELEMETRY_USAGE report (power_real, the fleet's total in kW) from the device powers
+  the bridge last posted to FlexMeasures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from openleadr import OpenADRClient
+
+from ven_bridge.outbox import Outbox
+from ven_bridge.policy import decide
+from ven_bridge.poster import Poster
+
+log = logging.getLogger("cariflex.ven")
+
+REGISTER_BACKOFF_CAP_S = 30.0
+
+
+@dataclass
+class VenOptions:
+    ven_name: str
+    vtn_url: str
+    resources: frozenset[str]
+    report_resource: str
+    cert: str | None = None
+    key: str | None = None
+    ca_file: str | None = None
+    vtn_fingerprint: str | None = None
+    telemetry_seconds: float = 10.0
+
+
+class _Client(OpenADRClient):
+    """openleadr's client, telling us when the VTN answered."""
+
+    def __init__(self, *args, on_contact=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_contact = on_contact
+
+    async def _perform_request(self, service, message):
+        result = await super()._perform_request(service, message)
+        if result and result[0] is not None and self._on_contact:
+            self._on_contact(service)
+        return result
+
+
+class CariflexVen:
+    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster):
+        self.options = options
+        self.outbox = outbox
+        self.poster = poster
+        self.stopping = asyncio.Event()
+        self.client: _Client | None = None
+        self._last_contact_write = 0.0
+
+    # --- handlers (called inside openleadr's poll loop: fast, local only) ------------------------
+
+    async def handle_event(self, event: dict) -> str:
+        descriptor = event.get("event_descriptor") or {}
+        event_id, number = descriptor.get("event_id"), descriptor.get("modification_number")
+        try:
+            decision = decide(event, set(self.options.resources))
+            self.outbox.record_decision(str(event_id), int(number or 0), decision.opt, decision.reason)
+            if decision.normalised is not None:
+                self.outbox.add("event", decision.key, decision.normalised)
+        except Exception:  # openleadr would opt out of *every* event in the message on an exception
+            log.exception("event handling failed", extra={"fields": {"event_id": event_id}})
+            return "optOut"
+        log.info(
+            "opt decision",
+            extra={
+                "fields": {
+                    "event_id": event_id,
+                    "modification_number": number,
+                    "status": descriptor.get("event_status"),
+                    "opt": decision.opt,
+                    "reason": decision.reason,
+                }
+            },
+        )
+        return decision.opt
+
+    def fleet_power(self) -> list[tuple[datetime, float]]:
+        """TELEMETRY_USAGE: total battery + EV power in kW, from what was last posted; nothing if none."""
+        powers = self.outbox.get_state("device_power_kw", {})
+        if not powers:
+            return []
+        return [(datetime.now(UTC), round(sum(powers.values()), 3))]
+
+    def _contact(self, service: str) -> None:
+        now = time.time()
+        if now - self._last_contact_write >= 1.0:  # at most one state write per second
+            self._last_contact_write = now
+            self.outbox.set_state("last_vtn_contact", {"at": now, "service": service})
+
+    # --- registration with retry ----------------------------------------------------------------
+
+    def _new_client(self) -> _Client:
+        o = self.options
+        client = _Client(
+            ven_name=o.ven_name,
+            vtn_url=o.vtn_url,
+            cert=o.cert,
+            key=o.key,
+            ca_file=o.ca_file,
+            vtn_fingerprint=o.vtn_fingerprint,
+            show_fingerprint=False,
+            on_contact=self._contact,
+        )
+        client.add_handler("on_event", self.handle_event)
+        client.add_handler("on_update_event", self.handle_event)
+        client.add_report(
+            callback=self.fleet_power,
+            resource_id=o.report_resource,
+            measurement="power_real",
+            unit="W",
+            scale="k",
+            sampling_rate=timedelta(seconds=o.telemetry_seconds),
+            report_duration=timedelta(hours=24),
+            power_ac=True,
+            power_hertz=50,
+            power_voltage=230,
+        )
+        return client
+
+    async def register(self) -> _Client | None:
+        attempt = 0
+        while not self.stopping.is_set():
+            attempt += 1
+            log.info(
+                "registering with the VTN",
+                extra={"fields": {"attempt": attempt, "vtn_url": self.options.vtn_url}},
+            )
+            client = self._new_client()
+            await client.run()
+            if client.registration_id:
+                self.outbox.set_state(
+                    "registration",
+                    {
+                        "ven_id": client.ven_id,
+                        "registration_id": client.registration_id,
+                        "at": time.time(),
+                        "poll_seconds": client.poll_frequency.total_seconds()
+                        if client.poll_frequency
+                        else None,
+                    },
+                )
+                log.info(
+                    "registered",
+                    extra={
+                        "fields": {
+                            "ven_id": client.ven_id,
+                            "attempts": attempt,
+                            "poll_s": client.poll_frequency.total_seconds(),
+                        }
+                    },
+                )
+                return client
+            delay = min(REGISTER_BACKOFF_CAP_S, 2 ** (attempt - 1))
+            self.outbox.set_state(
+                "registration", {"ven_id": None, "failed_attempts": attempt, "at": time.time()}
+            )
+            log.warning(
+                "registration failed; retrying", extra={"fields": {"attempt": attempt, "retry_in_s": delay}}
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+        return None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        self.poster.start()
+        log.info(
+            "ven started",
+            extra={"fields": {"ven_name": self.options.ven_name, "state": str(self.outbox.path)}},
+        )
+        self.client = await self.register()
+        await self.stopping.wait()
+        log.info("ven stopping")
+        if self.client is not None:
+            await self.client.stop()
+        await asyncio.to_thread(self.poster.stop)
+        self.outbox.close()
+        log.info("ven stopped")
