@@ -283,3 +283,68 @@ def test_valid_price_event_is_stored_with_every_interval(vtn_cli):
     assert [i["uid"] for i in shown["intervals"]] == list(range(24))
     assert shown["unit"] == "EUR/MWh" and shown["signal"] == "ENERGY_PRICE/price"
     assert shown["start"] == START
+
+
+def test_start_too_far_away_is_refused(vtn_cli, vtn_store_url):
+    output = refused(
+        vtn_cli,
+        vtn_store_url,
+        "event",
+        "load-control",
+        "--start",
+        "9999-12-31T23:00",
+        "--duration",
+        "PT1H",
+        "--levels",
+        "0.5",
+    )
+    assert "is more than 10 years from today" in output or "out of range" in output
+
+
+def test_overlong_load_control_is_refused(vtn_cli, vtn_store_url):
+    output = refused(
+        vtn_cli,
+        vtn_store_url,
+        "event",
+        "load-control",
+        "--start",
+        START,
+        "--duration",
+        "P30D",
+        "--levels",
+        "0.5",
+    )
+    assert "--duration 'P30D' is longer than 7 days" in output
+
+
+def test_price_file_with_bom_and_swapped_hours_is_refused(vtn_cli, vtn_store_url, tmp_path):
+    hours = list(range(24))
+    hours[4], hours[5] = 5, 4
+    path = tmp_path / "bom.csv"
+    path.write_text("\ufeffhour,price\n" + "\n".join(f"{h},100" for h in hours) + "\n", encoding="utf-8")
+    output = refused(vtn_cli, vtn_store_url, "event", "price", "--start", START, "--prices", str(path))
+    assert "hour '5' where 4 was expected" in output
+
+
+def test_price_file_that_is_not_utf8_is_refused(vtn_cli, vtn_store_url, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"prix\n" + b"\xe9\xe9\n" * 24)
+    assert "not UTF-8 text" in refused(
+        vtn_cli, vtn_store_url, "event", "price", "--start", START, "--prices", str(path)
+    )
+
+
+def test_modify_with_only_allow_past_is_refused(vtn_cli, vtn_store_url):
+    event_id = _new_load_control(vtn_cli)
+    assert "nothing to modify" in refused(vtn_cli, vtn_store_url, "event", "modify", event_id, "--allow-past")
+
+
+def test_modify_duration_of_per_hour_levels_needs_levels(vtn_cli, vtn_store_url):
+    import json
+
+    created = vtn_cli(
+        "event", "load-control", "--start", START, "--duration", "PT2H", "--levels", "0.5,0.6", "--json"
+    )
+    event_id = json.loads(created.output)["event_id"]
+    output = refused(vtn_cli, vtn_store_url, "event", "modify", event_id, "--duration", "PT3H")
+    assert "give --levels for the new hours too" in output

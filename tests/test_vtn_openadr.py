@@ -198,6 +198,15 @@ def test_admin_api_reports_bad_input_unknown_ids_and_conflicts(vtn):
     bad = vtn.admin("POST", "/events/price", {"start": NEXT_DAY.isoformat(), "prices": [1.0] * 23})
     assert bad.status_code == 400
     assert bad.json()["error"] == "--values has 23 prices; a price event needs exactly 24 (one per hour)"
+    for body, message in (
+        ({"prices": "1" * 24}, "field 'prices' must be a list"),
+        ({"prices": None}, "missing field(s) prices"),
+        ({"prices": [True] * 24}, "value 1 (True) is not a number"),
+        ({"prices": PRICES, "allow_past": "false"}, "field 'allow_past' must be true/false"),
+        ({"prices": PRICES, "vens": {"a": 1}}, "field 'vens' must be a list or a string"),
+    ):
+        wrong = vtn.admin("POST", "/events/price", {"start": NEXT_DAY.isoformat(), **body})
+        assert wrong.status_code == 400 and message in wrong.json()["error"], wrong.text
     unknown_field = vtn.admin("POST", "/events/price", {"start": NEXT_DAY.isoformat(), "prizes": []})
     assert unknown_field.status_code == 400 and "unknown field(s) prizes" in unknown_field.json()["error"]
     assert vtn.admin("GET", "/events/evt-missing").status_code == 404

@@ -44,14 +44,23 @@ def load_control(store: Store, **extra) -> str:
     return operations.create_event(store, draft, now=T0 - timedelta(days=1))["event_id"]
 
 
-def distribution(vtn: CariflexVtn, ven: Ven, now: datetime):
-    vtn.view.refresh(force=True)
+def distribution(vtn: CariflexVtn, ven: Ven, now: datetime, *, answer: bool = True):
+    """What a poll at ``now`` sends; by default the VEN then answers, as openleadr VENs do."""
+    vtn.view.refresh()
     events = vtn._distribution(vtn.view.vens_by_id[ven.ven_id], now, force=False)
-    return (
-        None
-        if events is None
-        else [(e.event_descriptor.event_id, e.event_descriptor.event_status) for e in events]
-    )
+    if events is None:
+        return None
+    if answer:
+        responses = [
+            {
+                "event_id": e.event_descriptor.event_id,
+                "modification_number": e.event_descriptor.modification_number,
+                "opt_type": "optIn",
+            }
+            for e in events
+        ]
+        asyncio.run(vtn.on_created_event({"ven_id": ven.ven_id, "event_responses": responses}))
+    return [(e.event_descriptor.event_id, e.event_descriptor.event_status) for e in events]
 
 
 def test_status_changes_are_distributed_again_and_nothing_else_is(vtn, store):
@@ -185,3 +194,49 @@ def test_day_ahead_publication_is_idempotent(store, tmp_path):
     csv.write_text("price\n" + "\n".join(["88.5"] * 24))
     from_file = publish_day_ahead(store, price_file=str(csv), now=now + timedelta(days=1))
     assert from_file["values"] == [88.5] * 24 and from_file["source"] == "day-ahead"
+
+
+def test_an_unanswered_distribution_is_sent_again(vtn, store):
+    ven = registered_ven(store)
+    event_id = load_control(store)
+    now = T0 - timedelta(hours=2)
+    assert distribution(vtn, ven, now, answer=False) == [(event_id, "far")]
+    assert distribution(vtn, ven, now + timedelta(seconds=2), answer=False) is None  # give it time
+    assert distribution(vtn, ven, now + timedelta(minutes=2)) == [(event_id, "far")]  # lost: again
+    assert distribution(vtn, ven, now + timedelta(minutes=10)) is None  # answered now
+
+
+def test_a_ven_taken_off_an_event_is_told_it_is_cancelled(vtn, store):
+    ven, other = registered_ven(store, "ven-u"), registered_ven(store, "ven-o")
+    event_id = load_control(store)
+    now = T0 - timedelta(hours=2)
+    assert distribution(vtn, ven, now) == [(event_id, "far")]
+    operations.modify_event(store, event_id, vens=["ven-o"], now=now)
+    assert distribution(vtn, ven, now) == [(event_id, "cancelled")]
+    assert distribution(vtn, ven, now) is None  # it confirmed
+    assert distribution(vtn, other, now) == [(event_id, "far")]
+    operations.modify_event(store, event_id, vens="all", now=now)
+    assert distribution(vtn, ven, now) == [(event_id, "far")]
+
+
+def test_concurrent_modifications_are_serialised(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    event_id = load_control(store)
+    levels = ["0.1", "0.9", "0.3", "0.7"]
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda lv: operations.modify_event(store, event_id, levels=lv, now=T0 - timedelta(hours=5)),
+                levels,
+            )
+        )
+    shown = operations.show_event(store, event_id, now=T0 - timedelta(hours=5))
+    assert shown["modification_number"] == 4
+    assert len(shown["intervals"]) == 2 and len(set(i["value"] for i in shown["intervals"])) == 1
+
+
+def test_a_change_that_ends_the_event_in_the_past_is_refused(store):
+    event_id = load_control(store)
+    with pytest.raises(Exception, match="would end event .* in the past; cancel it instead"):
+        operations.modify_event(store, event_id, duration="PT30M", now=T0 + timedelta(hours=1))

@@ -54,10 +54,59 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _fields(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    unknown = sorted(set(body) - allowed)
+# JSON types each field may have (a string where a list belongs would be read character by character).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "start": (str,),
+    "prices": (list,),
+    "prices_name": (str,),
+    "currency": (str,),
+    "unit": (str,),
+    "targets": (list, str),
+    "vens": (list, str),
+    "allow_past": (bool,),
+    "duration": (str,),
+    "levels": (list, str, int, float),
+    "ramp_up": (str,),
+    "notification": (str,),
+    "recovery": (str,),
+    "name": (str,),
+    "fingerprint": (str,),
+}
+
+
+def _fields(
+    body: dict[str, Any], allowed: set[str] | frozenset[str], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    missing = [key for key in required if body.get(key) is None]
+    if missing:
+        raise InputError(f"missing field(s) {', '.join(missing)}")
+    for key, value in body.items():
+        if value is None:
+            continue
+        expected = FIELD_TYPES[key]
+        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
+            names = " or ".join(
+                {
+                    "str": "a string",
+                    "list": "a list",
+                    "bool": "true/false",
+                    "int": "a number",
+                    "float": "a number",
+                }[t.__name__]
+                for t in expected
+            )
+            raise InputError(f"field {key!r} must be {names}, not {json.dumps(value)[:60]}")
+        if (
+            key in ("targets", "vens")
+            and isinstance(value, list)
+            and not all(isinstance(v, str) for v in value)
+        ):
+            raise InputError(f"field {key!r} must be a list of strings")
+    if isinstance(body.get("levels"), int | float):
+        body = {**body, "levels": [body["levels"]]}
     return body
 
 
@@ -80,12 +129,12 @@ async def show_event(request: web.Request) -> web.Response:
 
 
 async def create_price(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), operations.PRICE_FIELDS)
+    body = _fields(await _body(request), operations.PRICE_FIELDS, ("start", "prices"))
     return _json(operations.create_price_event(request.app[VTN_KEY].store, **body), 201)
 
 
 async def create_load_control(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), operations.LOAD_CONTROL_FIELDS)
+    body = _fields(await _body(request), operations.LOAD_CONTROL_FIELDS, ("start", "duration", "levels"))
     return _json(operations.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
 
 
@@ -107,7 +156,7 @@ async def list_vens(request: web.Request) -> web.Response:
 
 
 async def add_ven(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), {"name", "fingerprint"})
+    body = _fields(await _body(request), {"name", "fingerprint"}, ("name",))
     return _json(
         operations.add_ven(request.app[VTN_KEY].store, body.get("name", ""), body.get("fingerprint")), 201
     )

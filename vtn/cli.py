@@ -356,6 +356,8 @@ def event_show(ctx, event_id: str, as_json: bool) -> None:
 @click.option("--ramp-up", default=None)
 @click.option("--notification", default=None)
 @click.option("--recovery", default=None)
+@click.option("--targets", default=None, help="New resource ids (comma-separated).")
+@click.option("--vens", default=None, help="New VEN names (comma-separated), or 'all'.")
 @click.option("--allow-past", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -370,6 +372,8 @@ def event_modify(
     ramp_up,
     notification,
     recovery,
+    targets,
+    vens,
     allow_past,
     as_json,
 ) -> None:
@@ -381,6 +385,8 @@ def event_modify(
         "ramp_up": ramp_up,
         "notification": notification,
         "recovery": recovery,
+        "targets": targets,
+        "vens": vens,
     }
     if prices_file or values:
         changes["prices"], changes["prices_name"] = _run(_prices_input, prices_file, values)

@@ -18,6 +18,8 @@ SITE_TZ = ZoneInfo("America/Martinique")
 HOUR = timedelta(hours=1)
 QUARTER = timedelta(minutes=15)
 PRICE_INTERVALS = 24
+MAX_YEARS_AWAY = 10
+MAX_LOAD_CONTROL = timedelta(days=7)
 
 PRICE_SIGNAL = ("ENERGY_PRICE", "price")
 LOAD_CONTROL_SIGNAL = ("LOAD_CONTROL", "x-loadControlCapacity")
@@ -86,7 +88,13 @@ def parse_time(text: str | datetime, name: str = "--start") -> datetime:
             ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=SITE_TZ)
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise InputError(f"{name} {text!r} is out of range") from None
+    if abs(moment.year - datetime.now(UTC).year) > MAX_YEARS_AWAY:
+        raise InputError(f"{name} {moment.isoformat()} is more than {MAX_YEARS_AWAY} years from today")
+    return moment
 
 
 def check_start(start: datetime, *, now: datetime, allow_past: bool, align: timedelta, name: str) -> None:
@@ -116,7 +124,7 @@ def parse_duration(text: str | timedelta | None, name: str, *, required: bool = 
     else:
         try:
             value = isodate.parse_duration(str(text).strip())
-        except (isodate.ISO8601Error, ValueError):
+        except (isodate.ISO8601Error, ValueError, OverflowError):
             raise InputError(f"{name} {text!r} is not an ISO 8601 duration (e.g. PT4H, PT30M)") from None
         if not isinstance(value, timedelta):
             raise InputError(f"{name} {text!r}: use days, hours or minutes, not months or years")
@@ -128,6 +136,8 @@ def parse_duration(text: str | timedelta | None, name: str, *, required: bool = 
 def parse_numbers(values: list, name: str) -> list[float]:
     out = []
     for index, raw in enumerate(values, start=1):
+        if isinstance(raw, bool):
+            raise InputError(f"{name}: value {index} ({raw!r}) is not a number")
         try:
             number = float(raw)
         except (TypeError, ValueError):
@@ -139,8 +149,8 @@ def parse_numbers(values: list, name: str) -> list[float]:
 
 
 def _names(values: list[str] | str | None, name: str) -> list[str] | None:
-    if values is None or values == "" or values == []:
-        return None
+    if values is None or values == "" or values == [] or values == "all":
+        return None  # "all": every VEN (also to undo an earlier --vens)
     items = values.split(",") if isinstance(values, str) else list(values)
     cleaned = [str(v).strip() for v in items]
     if any(not v for v in cleaned):
@@ -213,6 +223,10 @@ def load_control_draft(
     begin = parse_time(start)
     check_start(begin, now=now, allow_past=allow_past, align=QUARTER, name="--start")
     length = parse_duration(duration, "--duration")
+    if length > MAX_LOAD_CONTROL:
+        raise InputError(
+            f"--duration {duration!r} is longer than {MAX_LOAD_CONTROL.days} days; split the event"
+        )
     if length % QUARTER:
         raise InputError(f"--duration {duration!r} must be a whole number of 15-minute steps")
     raw_levels = levels.split(",") if isinstance(levels, str) else list(levels)

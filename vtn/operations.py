@@ -146,7 +146,7 @@ def _check_vens(session: Session, names: list[str] | None) -> None:
 
 def create_event(store: Store, draft: EventDraft, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
-    with store.session() as session:
+    with store.write_session() as session:
         _check_vens(session, draft.ven_names)
         event = Event(
             event_id=f"evt-{now.astimezone(SITE_TZ):%Y%m%d}-{secrets.token_hex(4)}",
@@ -168,7 +168,6 @@ def create_event(store: Store, draft: EventDraft, *, now: datetime | None = None
                 snapshot=_snapshot(event),
             )
         )
-        store.bump_generation(session)
         return event_dict(event, now)
 
 
@@ -213,9 +212,11 @@ def modify_event(
     """Change an event's values or timing; the VENs receive it with the next modification number."""
     now = now or datetime.now(UTC)
     changes = {k: v for k, v in changes.items() if v is not None and v != [] and v != ""}
-    if not changes:
-        raise InputError("nothing to modify: give new values, levels, start, duration or periods")
-    with store.session() as session:
+    if not set(changes) - {"allow_past", "prices_name"}:
+        raise InputError(
+            "nothing to modify: give new values, levels, start, duration, periods, targets or vens"
+        )
+    with store.write_session() as session:
         event = _get_event(session, event_id)
         status = event_status(event, now)
         if status in ("cancelled", "completed"):
@@ -242,15 +243,28 @@ def modify_event(
             )
         else:
             _refuse_unknown(changes, LOAD_CONTROL_FIELDS, event)
+            levels = changes.get("levels")
+            if levels is None:
+                levels = entered_values(event)
+                if "duration" in changes and len(set(levels)) == 1:
+                    levels = levels[:1]  # one level for the whole event, whatever its new length
+                elif "duration" in changes:
+                    raise InputError(
+                        "--duration changes the hours of an event with per-hour levels; "
+                        "give --levels for the new hours too"
+                    )
             draft = load_control_draft(
                 duration=changes.get("duration", timedelta(seconds=event.duration_s)),
-                levels=changes.get("levels", entered_values(event)),
+                levels=levels,
                 ramp_up=changes.get("ramp_up", _delta(event.ramp_up_s)),
                 notification=changes.get("notification", _delta(event.notification_s)),
                 recovery=changes.get("recovery", _delta(event.recovery_s)),
                 **common,
             )
         _check_vens(session, draft.ven_names)
+        if draft.start + draft.duration <= now:
+            # VENs never hear of a change to an event that is already over: say so instead.
+            raise Conflict(f"this change would end event {event_id} in the past; cancel it instead")
         _apply(event, draft)
         _record_change(session, event, "modify", now)
         return event_dict(event, now)
@@ -269,7 +283,6 @@ def _record_change(session: Session, event: Event, action: str, now: datetime) -
             snapshot=_snapshot(event),
         )
     )
-    Store.bump_generation(session)
 
 
 def _refuse_unknown(changes: dict[str, Any], allowed: set[str], event: Event) -> None:
@@ -280,7 +293,7 @@ def _refuse_unknown(changes: dict[str, Any], allowed: set[str], event: Event) ->
 
 def cancel_event(store: Store, event_id: str, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
-    with store.session() as session:
+    with store.write_session() as session:
         event = _get_event(session, event_id)
         status = event_status(event, now)
         if status in ("cancelled", "completed"):
@@ -330,12 +343,11 @@ def add_ven(store: Store, name: str, fingerprint: str | None = None) -> dict[str
     if not name or not _VEN_NAME.match(name):
         raise InputError(f"VEN name {name!r} must be 1-100 letters, digits, '.', '_' or '-'")
     fp = normalise_fingerprint(fingerprint)
-    with store.session() as session:
+    with store.write_session() as session:
         if session.execute(select(Ven).where(Ven.ven_name == name)).scalar_one_or_none():
             raise Conflict(f"VEN {name!r} is already provisioned")
         ven = Ven(ven_name=name, ven_id=f"ven-{secrets.token_hex(6)}", fingerprint=fp)
         session.add(ven)
-        store.bump_generation(session)
         return _ven_dict(ven)
 
 

@@ -60,9 +60,11 @@ def read_price_csv(path: str | Path) -> list[str]:
     """
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # spreadsheets often add a BOM
     except OSError as exc:
         raise InputError(f"price file {name}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"price file {name}: not UTF-8 text (save it as CSV UTF-8)") from None
     rows = [
         (number, [cell.strip() for cell in row])
         for number, row in enumerate(csv.reader(text.splitlines()), start=1)

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from openleadr import OpenADRServer, objects
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from vtn.operations import event_status
 from vtn.store import (
@@ -86,6 +86,8 @@ class StoreView:
         self.deliveries: dict[str, dict[str, tuple[int, str]]] = {}
         self.answered: set[tuple[str, str, int]] = set()  # (ven_id, event_id, modification number)
         self.last_polls: dict[str, datetime] = {}
+        # When each (VEN, event) was last sent, from the store at start: drives re-sending.
+        self.sent_at: dict[tuple[str, str], datetime] = {}
 
     def refresh(self, force: bool = False) -> None:
         moment = time.monotonic()
@@ -95,6 +97,7 @@ class StoreView:
         generation = self.store.generation()
         if generation == self.generation and not force:
             return
+        force = force or self.generation < 0  # the first load also reads deliveries and answers
         horizon = utcnow() - timedelta(days=1)
         with self.store.session() as session:
             events = session.execute(select(Event).order_by(Event.start)).scalars().all()
@@ -105,6 +108,7 @@ class StoreView:
                 self.deliveries = {}
                 for d in session.execute(select(Delivery)).scalars():
                     self.deliveries.setdefault(d.ven_id, {})[d.event_id] = (d.modification_number, d.status)
+                    self.sent_at[(d.ven_id, d.event_id)] = d.delivered_at
                 self.answered = {
                     (o.ven_id, o.event_id, o.modification_number)
                     for o in session.execute(select(OptResponse)).scalars()
@@ -115,11 +119,15 @@ class StoreView:
         """The events a VEN should hold now, with their status."""
         out = []
         for event in self.events:
-            if event.ven_names is not None and ven.ven_name not in event.ven_names:
-                continue
             status = event_status(event, now)
             if status == "completed":
                 continue
+            if event.ven_names is not None and ven.ven_name not in event.ven_names:
+                # A modification took this VEN off the event: it must hear that it is cancelled for it
+                # (openleadr VENs do not cancel an event that merely disappears).
+                if event.event_id not in self.deliveries.get(ven.ven_id, {}):
+                    continue
+                status = "cancelled"
             if status == "cancelled" and (
                 (ven.ven_id, event.event_id, event.modification_number) in self.answered
                 or event.event_id not in self.deliveries.get(ven.ven_id, {})
@@ -199,6 +207,7 @@ class CariflexVtn:
         self.store = store
         self.options = options
         self.view = StoreView(store)
+        self.resend_after = max(timedelta(seconds=5), 3 * timedelta(seconds=options.poll_seconds))
         self.stopping = asyncio.Event()
         self.port: int | None = None
         self.admin_port: int | None = None
@@ -280,9 +289,18 @@ class CariflexVtn:
         current = self.view.events_for(ven, now)
         delivered = self.view.deliveries.setdefault(ven.ven_id, {})
         wanted = {e.event_id: (e.modification_number, status) for e, status in current}
-        if not force and all(delivered.get(eid) == state for eid, state in wanted.items()):
+        changed = any(delivered.get(eid) != state for eid, state in wanted.items())
+        # At least once: a distribution the VEN never answered (lost on the way, or the VTN died
+        # between storing and sending it) goes out again after a few poll periods.
+        unanswered = any(
+            e.response_required == "always"
+            and (ven.ven_id, e.event_id, e.modification_number) not in self.view.answered
+            and now - self.view.sent_at.get((ven.ven_id, e.event_id), now) > self.resend_after
+            for e, _ in current
+        )
+        if not (force or changed or unanswered):
             return None
-        # Store what is sent before sending it: after a crash we re-send rather than forget.
+        # What was sent is stored before the answer goes out, so a restarted VTN knows it.
         with self.store.session() as session:
             for event_id, (number, status) in wanted.items():
                 session.merge(
@@ -295,6 +313,8 @@ class CariflexVtn:
                     )
                 )
         delivered.update(wanted)
+        for event_id in wanted:
+            self.view.sent_at[(ven.ven_id, event_id)] = now
         return [to_openadr(e, ven, status) for e, status in current]
 
     def on_poll(self, ven_id: str):
@@ -357,24 +377,40 @@ class CariflexVtn:
 
     # --- reports --------------------------------------------------------------------------------
 
+    def _store_report_registrations(self, payload: dict[str, Any]) -> None:
+        """What each r_id measures, replacing the VEN's earlier registration of the same r_id."""
+        rows = []
+        for report in payload.get("reports") or []:
+            for description in report.get("report_descriptions") or []:
+                measurement = description.get("measurement") or {}
+                rows.append(
+                    ReportRegistration(
+                        ven_id=payload.get("ven_id"),
+                        report_specifier_id=report.get("report_specifier_id"),
+                        r_id=description.get("r_id"),
+                        description={
+                            "report_name": report.get("report_name"),
+                            "resource_id": (description.get("report_data_source") or {}).get("resource_id"),
+                            "measurement": measurement.get("description") or measurement.get("name"),
+                            "unit": measurement.get("unit"),
+                            "scale": measurement.get("scale"),
+                        },
+                    )
+                )
+        if rows:
+            with self.store.session() as session:
+                session.execute(
+                    delete(ReportRegistration).where(
+                        ReportRegistration.ven_id == payload.get("ven_id"),
+                        ReportRegistration.r_id.in_([r.r_id for r in rows]),
+                    )
+                )
+                session.add_all(rows)
+
     def on_register_report(
         self, ven_id, resource_id, measurement, unit, scale, min_sampling_interval, max_sampling_interval
     ):
         """Accept every TELEMETRY_USAGE stream offered; values are stored by on_update_report."""
-        with self.store.session() as session:
-            session.add(
-                ReportRegistration(
-                    ven_id=ven_id,
-                    report_specifier_id=str(resource_id or ""),
-                    r_id=str(measurement),
-                    description={
-                        "resource_id": resource_id,
-                        "measurement": measurement,
-                        "unit": unit,
-                        "scale": scale,
-                    },
-                )
-            )
         # As fast as the VEN offers, within 1 s .. 15 min.
         period = min_sampling_interval or timedelta(seconds=10)
         period = min(max(period, timedelta(seconds=1)), timedelta(minutes=15))
@@ -390,7 +426,7 @@ class CariflexVtn:
         for report in payload.get("reports") or []:
             for interval in report.get("intervals") or []:
                 body = interval.get("report_payload") or {}
-                if "value" not in body:
+                if "value" not in body or interval.get("dtstart") is None:
                     continue
                 rows.append(
                     ReportValue(
@@ -411,18 +447,24 @@ class CariflexVtn:
     async def _flush_last_polls(self) -> None:
         if not self.view.last_polls:
             return
-        polls, self.view.last_polls = self.view.last_polls, {}
+        polls = dict(self.view.last_polls)
         with self.store.session() as session:
             for ven_id, at in polls.items():
                 ven = session.execute(select(Ven).where(Ven.ven_id == ven_id)).scalar_one_or_none()
                 if ven is not None:
                     ven.last_poll_at = at
+        for ven_id, at in polls.items():  # forget only what was written (a failed write is retried)
+            if self.view.last_polls.get(ven_id) == at:
+                del self.view.last_polls[ven_id]
 
     async def _last_poll_writer(self) -> None:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), LAST_POLL_FLUSH_S)
-            await self._flush_last_polls()
+            try:
+                await self._flush_last_polls()
+            except Exception:  # informational data: log, keep the VTN serving, try again next time
+                log.exception("could not store last-poll times")
 
     async def run(self) -> None:
         from vtn import admin_api

@@ -221,6 +221,15 @@ class Store:
         finally:
             session.close()
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A transaction for an operator change. Its first statement increments the generation: on
+        SQLite that takes the write lock before anything is read, on PostgreSQL a row lock, so two
+        concurrent changes to one event run one after the other instead of losing one."""
+        with self.session() as session:
+            self.bump_generation(session)
+            yield session
+
     @staticmethod
     def bump_generation(session: Session) -> None:
         session.execute(update(Meta).where(Meta.key == "generation").values(value=Meta.value + 1))
