@@ -240,3 +240,39 @@ def test_a_change_that_ends_the_event_in_the_past_is_refused(store):
     event_id = load_control(store)
     with pytest.raises(Exception, match="would end event .* in the past; cancel it instead"):
         operations.modify_event(store, event_id, duration="PT30M", now=T0 + timedelta(hours=1))
+
+
+def test_event_show_gives_fleet_power_before_and_during_load_control(vtn, store):
+    from vtn.store import ReportValue
+
+    ven = registered_ven(store)
+    event_id = load_control(store)
+    payload = {
+        "ven_id": ven.ven_id,
+        "reports": [
+            {
+                "report_specifier_id": "spec-1",
+                "report_name": "METADATA_TELEMETRY_USAGE",
+                "report_descriptions": [
+                    {
+                        "r_id": "r-power",
+                        "report_data_source": {"resource_id": "Cariflex site"},
+                        "measurement": {"description": "RealPower", "unit": "W", "scale": "k"},
+                    }
+                ],
+            }
+        ],
+    }
+    vtn._store_report_registrations(payload)
+    with store.session() as session:
+        for minutes, kw in ((-50, 300.0), (-20, 320.0), (10, 180.0), (40, 170.0)):
+            session.add(
+                ReportValue(ven_id=ven.ven_id, r_id="r-power", at=T0 + timedelta(minutes=minutes), value=kw)
+            )
+    shown = operations.show_event(store, event_id, now=T0 + timedelta(hours=1))
+    assert shown["fleet_power_kw"] == {
+        "before": 310.0,
+        "samples_before": 2,
+        "during": 175.0,
+        "samples_during": 2,
+    }

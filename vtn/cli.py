@@ -259,6 +259,12 @@ def _event_text(e: dict[str, Any]) -> str:
     values = e.get("values")
     shown = "" if values is None else f"\n  values ({e['unit']}): {', '.join(f'{v:g}' for v in values)}"
     periods = ", ".join(f"{k} {e[k]}" for k in ("ramp_up", "notification", "recovery") if e.get(k))
+    power = e.get("fleet_power_kw")
+    if power:
+        shown += (
+            f"\n  fleet power (TELEMETRY_USAGE): {power['before']} kW in the hour before "
+            f"({power['samples_before']} samples), {power['during']} kW during ({power['samples_during']})"
+        )
     return (
         f"{e['event_id']}  {e['signal']}  {e['status']}  modification {e['modification_number']}\n"
         f"  {e['start']} → {e['end']}  vens: {e['vens']}  targets: {e['targets'] or '-'}"

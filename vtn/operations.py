@@ -25,7 +25,7 @@ from vtn.events import (
     price_draft,
     status_at,
 )
-from vtn.store import Event, EventHistory, Interval, OptResponse, Store, Ven
+from vtn.store import Event, EventHistory, Interval, OptResponse, ReportRegistration, ReportValue, Store, Ven
 
 # The inputs of each event kind, by the names the CLI options and the admin API share.
 PRICE_FIELDS = frozenset(
@@ -203,7 +203,39 @@ def show_event(store: Store, event_id: str, *, now: datetime | None = None) -> d
             }
             for i, v in zip(event.intervals, entered_values(event), strict=True)
         ]
+        if event.kind == "load_control":
+            out["fleet_power_kw"] = fleet_power(session, event, now)
         return out
+
+
+_SCALE_TO_KW = {"k": 1.0, "none": 1e-3, None: 1e-3, "M": 1e3}
+
+
+def fleet_power(session: Session, event: Event, now: datetime) -> dict[str, Any]:
+    """Mean fleet power the targeted VENs reported (TELEMETRY_USAGE) in the hour before the event
+    and during it so far: did the load control work?"""
+    registrations = session.execute(select(ReportRegistration)).scalars().all()
+    vens = None
+    if event.ven_names is not None:
+        vens = set(session.execute(select(Ven.ven_id).where(Ven.ven_name.in_(event.ven_names))).scalars())
+    factor = {
+        (r.ven_id, r.r_id): _SCALE_TO_KW.get(r.description.get("scale"), 1e-3)
+        for r in registrations
+        if "power" in str(r.description.get("measurement", "")).lower() and (vens is None or r.ven_id in vens)
+    }
+    end = min(event.start + timedelta(seconds=event.duration_s), now)
+    windows = {"before": (event.start - timedelta(hours=1), event.start), "during": (event.start, end)}
+    out: dict[str, Any] = {}
+    for name, (begin, finish) in windows.items():
+        rows = (
+            session.execute(select(ReportValue).where(ReportValue.at >= begin, ReportValue.at < finish))
+            .scalars()
+            .all()
+        )
+        values = [r.value * factor[(r.ven_id, r.r_id)] for r in rows if (r.ven_id, r.r_id) in factor]
+        out[name] = round(sum(values) / len(values), 3) if values else None
+        out[f"samples_{name}"] = len(values)
+    return out
 
 
 def modify_event(
