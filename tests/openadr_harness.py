@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -36,95 +35,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class VtnProcess:
-    def __init__(
-        self,
-        var_dir: Path,
-        store_url: str,
-        *,
-        poll_seconds: float = 1.0,
-        port: int = 0,
-        extra: list[str] | None = None,
-        env: dict[str, str] | None = None,
-    ):
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CARIFLEX_")},
-            "CARIFLEX_VAR_DIR": str(var_dir),
-            "CARIFLEX_VTN_DATABASE_URL": store_url,
-            "CARIFLEX_VTN_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CARIFLEX_ENV_FILE": str(var_dir / "no.env"),
-            **(env or {}),
-        }
-        self.args = [
-            "--port",
-            str(port),
-            "--admin-port",
-            "0",
-            "--poll-seconds",
-            str(poll_seconds),
-            *(extra if extra is not None else ["--insecure", "--day-ahead-time", "off"]),
-        ]
-        self.lines: list[dict[str, Any]] = []
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> VtnProcess:
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [str(BIN / "cariflex-vtn"), "serve", *self.args],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        ready: queue.Queue = queue.Queue()
-
-        def reader(stream) -> None:
-            for raw in stream:
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"msg": raw.rstrip()}
-                self.lines.append(line)
-                if line.get("msg") == "vtn ready":
-                    ready.put(line)
-
-        threading.Thread(target=reader, args=(self.proc.stderr,), daemon=True).start()
-        try:
-            info = ready.get(timeout=timeout)
-        except queue.Empty:
-            self.proc.kill()
-            raise AssertionError(f"VTN did not start: {self.lines[-20:]}") from None
-        self.port, self.admin_port, self.url = info["port"], info["admin_port"], info["url"]
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        return self
-
-    def logged(self, message: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("msg") == message]
-
-    def admin(self, method: str, path: str, body: dict | None = None, token: str | None = ADMIN_TOKEN):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.request(method, f"{self.admin_url}{path}", json=body, headers=headers, timeout=30)
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [str(BIN / "cariflex-vtn"), *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"cariflex-vtn {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
 
 
 class Ven:
@@ -211,3 +121,195 @@ class VenFleet:
                 self.stop_ven(ven)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+class LoggedProcess:
+    """A Cariflex process with JSON log lines on stderr, collected for the test to wait on."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path | None = None):
+        self.command, self.env, self.cwd = command, env, cwd
+        self.lines: list[dict[str, Any]] = []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> LoggedProcess:
+        self.lines = []
+        self.proc = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def reader(stream) -> None:
+            for raw in stream:
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    line = {"msg": raw.rstrip()}
+                self.lines.append(line if isinstance(line, dict) else {"msg": str(line)})
+
+        threading.Thread(target=reader, args=(self.proc.stderr,), daemon=True).start()
+        return self
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("msg") == message]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CARIFLEX_", "SQLALCHEMY_", "FLEXMEASURES_"))
+    }
+    env.update(CARIFLEX_VAR_DIR=str(var_dir), CARIFLEX_ENV_FILE=str(var_dir / "no.env"), **extra)
+    return env
+
+
+FM_VEN_PASSWORD = "test-ven-password"
+
+
+class FlexMeasuresServer:
+    """FlexMeasures with the plugin under gunicorn, on a database prepared like `make demo` does."""
+
+    def __init__(self, var_dir: Path, database_url: str, port: int):
+        self.var_dir, self.port = var_dir, port
+        self.url = f"http://127.0.0.1:{port}"
+        var_dir.mkdir(parents=True, exist_ok=True)
+        self.env = base_env(
+            var_dir,
+            CARIFLEX_DATABASE_URL=database_url,
+            CARIFLEX_FM_PASSWORD=FM_VEN_PASSWORD,
+            CARIFLEX_LOG_LEVEL="WARNING",
+        )
+        self.process: LoggedProcess | None = None
+
+    def prepare(self) -> None:
+        commands = ["db upgrade", "cariflex setup", "cariflex ensure-ven-user"]
+        result = subprocess.run(
+            [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands],
+            env=self.env,
+            cwd=self.var_dir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def start(self, timeout: float = 120) -> FlexMeasuresServer:
+        self.process = LoggedProcess(
+            [
+                str(BIN / "gunicorn"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--no-control-socket",
+                "flexmeasures_cariflex.app:create_app()",
+            ],
+            self.env,
+            cwd=self.var_dir,
+        ).start()
+
+        def ready() -> bool:
+            try:
+                return requests.get(f"{self.url}/api/v3_0/health/ready", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, timeout, "FlexMeasures to answer", interval=0.25)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class VenProcess(LoggedProcess):
+    """`cariflex-ven run` against a VTN and a FlexMeasures server."""
+
+    def __init__(self, var_dir: Path, vtn_url: str, fm_url: str, *, ven_name: str = "cariflex-ven"):
+        env = base_env(
+            var_dir,
+            CARIFLEX_FM_URL=fm_url,
+            CARIFLEX_FM_PASSWORD=FM_VEN_PASSWORD,
+            CARIFLEX_VEN_NAME=ven_name,
+            CARIFLEX_VTN_URL=vtn_url,
+        )
+        super().__init__([str(BIN / "cariflex-ven"), "run", "--telemetry-seconds", "1"], env)
+
+    def status(self) -> dict[str, Any]:
+        result = subprocess.run(
+            [str(BIN / "cariflex-ven"), "status", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return json.loads(result.stdout)
+
+
+class VtnProcess(LoggedProcess):
+    def __init__(
+        self,
+        var_dir: Path,
+        store_url: str,
+        *,
+        poll_seconds: float = 1.0,
+        port: int = 0,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        args = [
+            "--port",
+            str(port),
+            "--admin-port",
+            "0",
+            "--poll-seconds",
+            str(poll_seconds),
+            *(extra if extra is not None else ["--insecure", "--day-ahead-time", "off"]),
+        ]
+        super().__init__(
+            [str(BIN / "cariflex-vtn"), "serve", *args],
+            base_env(
+                var_dir,
+                CARIFLEX_VTN_DATABASE_URL=store_url,
+                CARIFLEX_VTN_ADMIN_TOKEN=ADMIN_TOKEN,
+                **(env or {}),
+            ),
+        )
+
+    def start(self, timeout: float = 60) -> VtnProcess:
+        super().start()
+        try:
+            info = wait_until(lambda: self.logged("vtn ready"), timeout, "the VTN to start")[0]
+        except AssertionError:
+            self.proc.kill()
+            raise AssertionError(f"VTN did not start: {self.lines[-20:]}") from None
+        self.port, self.admin_port, self.url = info["port"], info["admin_port"], info["url"]
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        return self
+
+    def admin(self, method: str, path: str, body: dict | None = None, token: str | None = ADMIN_TOKEN):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.request(method, f"{self.admin_url}{path}", json=body, headers=headers, timeout=30)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(BIN / "cariflex-vtn"), *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"cariflex-vtn {' '.join(args)} failed: {result.stderr}")
+        return result
