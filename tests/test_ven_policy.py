@@ -1,0 +1,128 @@
+"""The VEN's opt policy and the normalised event it hands to FlexMeasures."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ven_bridge.policy import decide
+
+T0 = datetime(2030, 3, 2, 4, 0, tzinfo=UTC)
+RESOURCES = {"bat_01", "ev_01", "Cariflex site"}
+
+
+def event(
+    signal_name="ENERGY_PRICE",
+    signal_type="price",
+    values=None,
+    *,
+    measurement=None,
+    targets=None,
+    starts=None,
+    hours=1,
+):
+    values = values if values is not None else [0.1 + 0.01 * h for h in range(24)]
+    starts = starts or [T0 + timedelta(hours=hours * i) for i in range(len(values))]
+    return {
+        "event_descriptor": {
+            "event_id": "evt-1",
+            "modification_number": 2,
+            "event_status": "far",
+            "modification_date_time": T0 - timedelta(hours=5),
+        },
+        "active_period": {"dtstart": T0, "duration": timedelta(hours=hours * len(values))},
+        "event_signals": [
+            {
+                "signal_name": signal_name,
+                "signal_type": signal_type,
+                "measurement": measurement
+                if measurement is not None
+                else {"description": "currencyPerKWh", "unit": "EUR", "scale": "none"},
+                "intervals": [
+                    {"dtstart": s, "duration": timedelta(hours=hours), "uid": i, "signal_payload": v}
+                    for i, (s, v) in enumerate(zip(starts, values, strict=True))
+                ],
+            }
+        ],
+        "targets": targets or [{"ven_id": "ven-1"}],
+    }
+
+
+def test_price_event_is_opted_in_and_normalised():
+    decision = decide(event(), RESOURCES)
+    assert (decision.opt, decision.key) == ("optIn", "event:evt-1:2")
+    n = decision.normalised
+    assert n["item_base"] == {"name": "currencyPerKWh", "unit": "EUR", "scale": "none"}
+    assert n["modification_date_time"] == "2030-03-01T23:00:00+00:00"
+    assert n["intervals"][0] == {"start": "2030-03-02T04:00:00+00:00", "duration": "PT1H", "value": 0.1}
+    assert len(n["intervals"]) == 24
+
+
+def test_load_control_event_is_opted_in():
+    decision = decide(event("LOAD_CONTROL", "x-loadControlCapacity", [0.6, 0.5], measurement={}), RESOURCES)
+    assert decision.opt == "optIn" and decision.normalised["item_base"] is None
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        (
+            ("LOAD_CONTROL", "x-loadControlLevelOffset"),
+            "unsupported signal LOAD_CONTROL/x-loadControlLevelOffset",
+        ),
+        (("SIMPLE", "level"), "unsupported signal SIMPLE/level"),
+    ],
+)
+def test_unsupported_signal_is_opted_out(kind, reason):
+    decision = decide(event(*kind, [0.5], measurement={}), RESOURCES)
+    assert (decision.opt, decision.reason, decision.normalised) == ("optOut", reason, None)
+
+
+@pytest.mark.parametrize(
+    "measurement, reason",
+    [
+        (
+            {"description": "currencyPerKWh", "unit": "USD", "scale": "none"},
+            "price currency 'USD' is not supported",
+        ),
+        (
+            {"description": "currencyPerKW", "unit": "EUR", "scale": "none"},
+            "price unit 'currencyPerKW' is not",
+        ),
+        ({"description": "currencyPerKWh", "unit": "EUR", "scale": "p"}, "price scale 'p' is not supported"),
+    ],
+)
+def test_unknown_currency_or_unit_is_opted_out(measurement, reason):
+    decision = decide(event(measurement=measurement), RESOURCES)
+    assert decision.opt == "optOut" and decision.reason.startswith(reason)
+
+
+def test_overlapping_and_gapped_intervals_are_opted_out():
+    overlap = [T0, T0 + timedelta(minutes=30)]
+    gap = [T0, T0 + timedelta(hours=2)]
+    assert decide(event(values=[0.1, 0.2], starts=overlap), RESOURCES).reason.endswith(
+        "overlaps the previous one"
+    )
+    assert decide(event(values=[0.1, 0.2], starts=gap), RESOURCES).reason.endswith(
+        "leaves a gap after the previous one"
+    )
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "x", None])
+def test_non_finite_payload_is_opted_out(bad):
+    decision = decide(event(values=[0.1, bad, 0.2]), RESOURCES)
+    assert decision.opt == "optOut" and decision.reason.startswith("interval 1 payload")
+
+
+def test_level_outside_0_1_is_opted_out():
+    decision = decide(event("LOAD_CONTROL", "x-loadControlCapacity", [0.5, 1.5], measurement={}), RESOURCES)
+    assert decision.reason == "interval 1 capacity fraction 1.5 is outside 0..1"
+
+
+def test_targets_decide_by_resource():
+    mine = decide(event(targets=[{"resource_id": "bat_01"}]), RESOURCES)
+    other = decide(event(targets=[{"resource_id": "bat_01"}, {"resource_id": "pump_7"}]), RESOURCES)
+    assert mine.opt == "optIn"
+    assert (other.opt, other.reason) == ("optOut", "targets resources this VEN does not have: pump_7")
