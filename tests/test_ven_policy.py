@@ -91,7 +91,7 @@ def test_unsupported_signal_is_opted_out(kind, reason):
             {"description": "currencyPerKW", "unit": "EUR", "scale": "none"},
             "price unit 'currencyPerKW' is not",
         ),
-        ({"description": "currencyPerKWh", "unit": "EUR", "scale": "p"}, "price scale 'p' is not supported"),
+        ({"description": "currencyPerKWh", "unit": "EUR", "scale": "k"}, "price scale 'k' is not supported"),
     ],
 )
 def test_unknown_currency_or_unit_is_opted_out(measurement, reason):

@@ -25,7 +25,7 @@ SUPPORTED = PRICE_SIGNALS | LOAD_SIGNALS
 # What FlexMeasures' consumption_price (EUR/MWh) can take: a price per kWh in EUR.
 PRICE_ITEM_BASES = {"currencyPerKWh"}
 PRICE_CURRENCIES = {"EUR"}
-PRICE_SCALES = {None, "none", "k", "M"}
+PRICE_SCALES = {None, "none"}  # the plugin stores EUR/MWh from plain EUR/kWh only
 
 
 @dataclass(frozen=True)

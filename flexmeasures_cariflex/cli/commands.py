@@ -1,9 +1,13 @@
-"""``flexmeasures cariflex ...``: set up the site from the fleet file and look up its sensors."""
+"""``flexmeasures cariflex ...``: set up the site from the fleet file, look up its sensors, create
+the logins Cariflex needs and ingest OpenADR events by hand."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
 import click
 from flask.cli import with_appcontext
@@ -12,7 +16,8 @@ from flexmeasures.data import db
 from cariflex import settings
 from cariflex.fleet import Fleet, FleetError, load_fleet
 from flexmeasures_cariflex import cariflex_bp
-from flexmeasures_cariflex.data.services.admin_user import ensure_admin
+from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
+from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.site_setup import setup_site, site_sensors
 
 fleet_option = click.option(
@@ -24,13 +29,17 @@ fleet_option = click.option(
 )
 
 
+def _refuse(message: str) -> NoReturn:
+    click.secho(f"Error: {message}", fg="red", err=True)
+    click.echo("Nothing was written to the database.", err=True)
+    sys.exit(1)
+
+
 def _load(fleet_file: str | None) -> Fleet:
     try:
         return load_fleet(fleet_file)
     except FleetError as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
-        click.echo("Nothing was written to the database.", err=True)
-        sys.exit(1)
+        _refuse(str(exc))
 
 
 @cariflex_bp.cli.command("setup")
@@ -90,6 +99,34 @@ def sensors(fleet_file: str | None, as_json: bool) -> None:
         click.echo(f"{name:<{width}}  {s.id:>5}  {s.unit:<8}  {s.event_resolution}")
 
 
+def _ensure_login(
+    label: str,
+    email: str,
+    roles: Sequence[str],
+    fleet_file: str | None,
+    password_variable: str,
+    password_file: str,
+) -> None:
+    """Create a login in the fleet's account once; show its password only then."""
+    fleet = _load(fleet_file)
+    password = settings.secret(password_variable, password_file)
+    try:
+        created = ensure_user(email, password, fleet.site.account, roles)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    if created:
+        click.echo(f"{label} created: {email}  password: {password}")
+        if not settings.get(password_variable):
+            click.echo(f"(stored in {settings.var_dir() / password_file}; shown only this once)")
+        return
+    click.echo(f"{label} exists: {email} (password unchanged)")
+    lacking = missing_roles(email, roles)
+    if lacking:
+        click.secho(f"  warning: {email} lacks the role(s) {', '.join(lacking)}", fg="yellow")
+
+
 @cariflex_bp.cli.command("ensure-admin")
 @click.option("--email", default=None, help="Default: $CARIFLEX_ADMIN_EMAIL.")
 @fleet_option
@@ -97,18 +134,44 @@ def sensors(fleet_file: str | None, as_json: bool) -> None:
 def ensure_admin_command(email: str | None, fleet_file: str | None) -> None:
     """Create the platform admin once; its password comes from $CARIFLEX_ADMIN_PASSWORD or
     var/admin_password (generated on first use, mode 600) and is shown only when created."""
-    fleet = _load(fleet_file)
     email = email or settings.get("CARIFLEX_ADMIN_EMAIL")
-    password = settings.secret("CARIFLEX_ADMIN_PASSWORD", "admin_password")
+    _ensure_login("Admin", email, ADMIN_ROLES, fleet_file, "CARIFLEX_ADMIN_PASSWORD", "admin_password")
+
+
+@cariflex_bp.cli.command("ensure-ven-user")
+@click.option("--email", default=None, help="Default: $CARIFLEX_FM_USER.")
+@fleet_option
+@with_appcontext
+def ensure_ven_user_command(email: str | None, fleet_file: str | None) -> None:
+    """Create the user the VEN bridge posts OpenADR events as (role cariflex-ven) once; its
+    password comes from $CARIFLEX_FM_PASSWORD or var/fm_ven_password (generated on first use,
+    mode 600) and is shown only when created."""
+    email = email or settings.get("CARIFLEX_FM_USER")
+    _ensure_login("VEN user", email, VEN_ROLES, fleet_file, "CARIFLEX_FM_PASSWORD", "fm_ven_password")
+
+
+@cariflex_bp.cli.command("ingest-event")
+@click.argument("event_file", type=click.Path(dir_okay=False))
+@fleet_option
+@with_appcontext
+def ingest_event_command(event_file: str, fleet_file: str | None) -> None:
+    """Ingest one normalised OpenADR event from a JSON file, exactly as the VEN bridge posts it
+    to POST /api/cariflex/v1/openadr/events. A replay (same event id and modification number)
+    writes nothing; a refused event writes nothing and exits 1."""
+    fleet = _load(fleet_file)
     try:
-        created = ensure_admin(email, password, fleet.site.account)
+        event = json.loads(Path(event_file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        _refuse(f"{event_file} cannot be read: {exc.strerror or exc}")
+    except ValueError as exc:
+        _refuse(f"{event_file} is not valid JSON: {exc}")
+    try:
+        result = ingest_event(event, fleet)
         db.session.commit()
+    except (IngestError, SiteNotReady) as exc:
+        db.session.rollback()
+        _refuse(str(exc))
     except Exception:
         db.session.rollback()
         raise
-    if created:
-        click.echo(f"Admin created: {email}  password: {password}")
-        if not settings.get("CARIFLEX_ADMIN_PASSWORD"):
-            click.echo(f"(stored in {settings.var_dir() / 'admin_password'}; shown only this once)")
-    else:
-        click.echo(f"Admin exists: {email} (password unchanged)")
+    click.echo(result.summary())

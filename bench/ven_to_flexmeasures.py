@@ -1,0 +1,142 @@
+"""Time from `event price` on the VTN to its 24 beliefs being queryable in FlexMeasures, and the
+rate at which the VEN's outbox drains into FlexMeasures.
+
+Real processes: the VTN (1 s poll), FlexMeasures with the plugin under gunicorn on a fresh database
+(CARIFLEX_TEST_DATABASE_URL, else 127.0.0.1:5432, else an embedded server), and the VEN. Latency:
+20 price events, each issued through the admin API at a random phase of the poll, timed until
+24 beliefs for its day are in FlexMeasures' database. Drain: FlexMeasures is stopped, 20 more price
+events queue up in the outbox, FlexMeasures starts, and the time until the outbox is empty gives
+values per second.
+
+Prints one JSON line. Goal: p95 <= 2 s.
+
+    .venv/bin/python bench/ven_to_flexmeasures.py [--events 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from cariflex import database  # noqa: E402
+from tests.conftest import LOCAL_SERVER, free_port  # noqa: E402
+from tests.openadr_harness import FlexMeasuresServer, VenProcess, VtnProcess, wait_until  # noqa: E402
+from vtn.events import SITE_TZ  # noqa: E402
+
+
+def server_url(folder: Path) -> str:
+    configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
+    if configured:
+        return database.to_psycopg2(configured)
+    if database.reachable(LOCAL_SERVER):
+        return LOCAL_SERVER
+    return database.embedded_server_url(folder / "pgdata")
+
+
+def count(db, start: datetime) -> int:
+    with db.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM timed_belief b JOIN sensor s ON s.id = b.sensor_id "
+                "WHERE s.name = 'consumption_price' AND b.event_start >= :start AND b.event_start < :end"
+            ),
+            {"start": start, "end": start + timedelta(days=1)},
+        ).scalar_one()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20)
+    args = parser.parse_args()
+    random.seed(11)
+    midnight = (datetime.now(UTC).astimezone(SITE_TZ) + timedelta(days=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db_url = database.with_database(server_url(folder), f"cariflex_bench_{uuid.uuid4().hex[:8]}")
+        database.create_database(db_url)
+        fm = FlexMeasuresServer(folder / "fm", db_url, free_port())
+        vtn = VtnProcess(folder / "vtn", f"sqlite:///{folder / 'vtn.sqlite'}", poll_seconds=1)
+        ven = None
+        db = create_engine(db_url)
+        try:
+            fm.prepare()
+            fm.start()
+            vtn.start()
+            vtn.cli("ven", "add", "cariflex-ven")
+            ven = VenProcess(folder / "ven", vtn.url, fm.url).start()
+            wait_until(lambda: ven.logged("registered"), 60, "registration")
+
+            latencies = []
+            for n in range(args.events):
+                start = midnight + timedelta(days=n)
+                time.sleep(random.uniform(0, 1.0))  # random phase against the 1 s poll
+                issued = time.monotonic()
+                vtn.admin("POST", "/events/price", {"start": start.isoformat(), "prices": [100.0 + n] * 24})
+                wait_until(lambda s=start: count(db, s) == 24, 30, "24 beliefs", interval=0.01)
+                latencies.append(time.monotonic() - issued)
+
+            fm.stop()
+            first = midnight + timedelta(days=args.events)
+            for n in range(args.events):
+                vtn.admin(
+                    "POST",
+                    "/events/price",
+                    {"start": (first + timedelta(days=n)).isoformat(), "prices": [50.0 + n] * 24},
+                )
+            wait_until(lambda: ven.status()["outbox_depth"] == args.events, 60, "a full outbox")
+            fm.start()
+            began = time.monotonic()
+            wait_until(lambda: ven.status()["outbox_depth"] == 0, 300, "the outbox to drain", interval=0.05)
+            drain_s = time.monotonic() - began
+        finally:
+            if ven is not None:
+                ven.stop()
+            vtn.stop()
+            fm.stop()
+            db.dispose()
+            database.drop_database(db_url)
+
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    print(
+        json.dumps(
+            {
+                "bench": "ven_to_flexmeasures",
+                "events": args.events,
+                "poll_s": 1,
+                "latency_s": {
+                    "min": round(ordered[0], 3),
+                    "median": round(statistics.median(ordered), 3),
+                    "p95": round(p95, 3),
+                    "max": round(ordered[-1], 3),
+                },
+                "drain": {
+                    "events": args.events,
+                    "values": 24 * args.events,
+                    "seconds": round(drain_s, 2),
+                    "values_per_s": round(24 * args.events / drain_s, 1),
+                },
+                "goal": {"p95_s": 2.0, "met": p95 <= 2.0},
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

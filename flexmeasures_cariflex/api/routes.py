@@ -1,0 +1,76 @@
+"""Endpoints for the VEN bridge (and other Cariflex components), under /api/cariflex/v1.
+
+Authentication: a FlexMeasures auth token (``POST /api/requestAuthToken``) sent as the raw
+``Authorization: <token>`` header; the user needs the role ``cariflex-ven`` or ``admin``.
+
+- ``POST /openadr/events``: one normalised OpenADR event (see ``openadr_ingest``).
+  200 ``{"status": "ingested", "event_id", "modification_number", "written": {sensor: n}}``
+  200 ``{"status": "already-ingested", "event_id", "modification_number",
+  "ingested_modification_number"}``; 400 ``{"message"}`` when the body is not a JSON object;
+  422 ``{"message"}`` when the event is refused (nothing written); 503 ``{"message"}`` when the
+  site is not set up. 401 / 403 from FlexMeasures' auth handlers.
+- ``GET /sensors``: ``{"sensors": {name: id}}`` for every sensor of the site.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flask import current_app, jsonify, request
+from flask_security import auth_token_required
+from flexmeasures.auth.decorators import roles_accepted
+from flexmeasures.data import db
+
+from cariflex.fleet import Fleet, FleetError, load_fleet
+from flexmeasures_cariflex.api import cariflex_api_bp
+from flexmeasures_cariflex.data.services.admin_user import VEN_ROLE
+from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
+from flexmeasures_cariflex.data.services.site_setup import site_sensors
+
+
+@cache
+def current_fleet() -> Fleet:
+    """The fleet this server serves ($CARIFLEX_FLEET_FILE or the packaged one), read once."""
+    return load_fleet()
+
+
+def _message(status: int, message: str) -> tuple[Any, int]:
+    return jsonify(message=message), status
+
+
+@cariflex_api_bp.route("/openadr/events", methods=["POST"])
+@auth_token_required
+@roles_accepted(VEN_ROLE)  # FlexMeasures' version also accepts admin
+def post_openadr_event():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        what = "not valid JSON" if body is None else f"a JSON {type(body).__name__}"
+        return _message(400, f"the request body must be a JSON object (an OpenADR event), got {what}")
+    try:
+        result = ingest_event(body, current_fleet())
+        db.session.commit()
+    except IngestError as exc:
+        db.session.rollback()
+        current_app.logger.warning(f"OpenADR event {body.get('event_id')!r} refused: {exc}")
+        return _message(422, str(exc))
+    except (SiteNotReady, FleetError) as exc:
+        db.session.rollback()
+        current_app.logger.error(f"OpenADR event {body.get('event_id')!r} not ingested: {exc}")
+        return _message(503, str(exc))
+    except Exception:
+        db.session.rollback()
+        raise
+    current_app.logger.info(f"OpenADR {result.summary()}")
+    return jsonify(result.as_dict()), 200
+
+
+@cariflex_api_bp.route("/sensors", methods=["GET"])
+@auth_token_required
+@roles_accepted(VEN_ROLE)
+def get_sensors():
+    try:
+        found = site_sensors(current_fleet())
+    except (LookupError, FleetError) as exc:
+        return _message(503, str(exc))
+    return jsonify(sensors={name: sensor.id for name, sensor in found.items()}), 200
