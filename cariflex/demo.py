@@ -116,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
         env["CARIFLEX_DATABASE_URL"] = prepare_database()
         run_flexmeasures(
-            ["db upgrade", f"cariflex setup{fleet_flag}", f"cariflex ensure-admin{fleet_flag}"], env
+            [
+                "db upgrade",
+                f"cariflex setup{fleet_flag}",
+                f"cariflex ensure-admin{fleet_flag}",
+                f"cariflex ensure-ven-user{fleet_flag}",
+            ],
+            env,
         )
         if stop.is_set():
             return 0
@@ -126,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         vtn_admin = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_ADMIN_PORT')}"
         wait_until_ready(f"{base}/api/v3_0/health/ready", server, timeout_s=120)
         wait_until_ready(f"{vtn_admin}/health", vtn, timeout_s=60)
+        # The VEN bridge: VTN events into FlexMeasures (it would wait for both anyway).
+        env.setdefault("CARIFLEX_FM_URL", base)
+        env.setdefault(
+            "CARIFLEX_VTN_URL", f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
+        )
+        fleet_args = ["--fleet", args.fleet] if args.fleet else []
+        start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
         print(banner(base, vtn_admin), flush=True)
         log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
         while not stop.is_set() and all(proc.poll() is None for _, proc in running):
@@ -190,6 +203,7 @@ def banner(base: str, vtn_admin: str) -> str:
         f"\n  Cariflex EMS is running: {base}\n"
         f"  Log in as {email} (password in {password_hint}).\n"
         f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
+        "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
         "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
         "  Ctrl-C stops it.\n"
     )

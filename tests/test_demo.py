@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import free_port
+from tests.openadr_harness import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -97,6 +98,15 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             f"{vtn_admin}/vens", headers={"Authorization": f"Bearer {token}"}, timeout=30
         ).json()
         assert [v["ven_name"] for v in vens] == ["cariflex-ven"]
+
+        # The VEN bridge registers with it.
+        def ven_registered() -> bool:
+            listed = requests.get(
+                f"{vtn_admin}/vens", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            return listed.json()[0]["registered"]
+
+        wait_until(ven_registered, 60, "the VEN bridge to register")
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)
