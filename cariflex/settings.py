@@ -80,6 +80,7 @@ VARIABLES: tuple[Variable, ...] = (
         "the VTN the VEN registers with (--vtn-url)",
     ),
     Variable("CARIFLEX_VEN_STATE_DIR", None, "VEN outbox and state (--state-dir); unset = var/ven"),
+    Variable("CARIFLEX_S2_PORT", "8765", "S2 WebSocket port of the VEN's CEM, path /s2 (--s2-port)"),
     Variable("CARIFLEX_FM_URL", "http://127.0.0.1:5000", "FlexMeasures the VEN posts to"),
     Variable(
         "CARIFLEX_FM_USER",

@@ -248,7 +248,9 @@ class VenProcess(LoggedProcess):
             CARIFLEX_VEN_NAME=ven_name,
             CARIFLEX_VTN_URL=vtn_url,
         )
-        super().__init__([str(BIN / "cariflex-ven"), "run", "--telemetry-seconds", "1"], env)
+        super().__init__(
+            [str(BIN / "cariflex-ven"), "run", "--telemetry-seconds", "1", "--s2-port", "0"], env
+        )
 
     def status(self) -> dict[str, Any]:
         result = subprocess.run(

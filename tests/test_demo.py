@@ -44,6 +44,7 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         CARIFLEX_FM_BIND=f"127.0.0.1:{port}",
         CARIFLEX_VTN_PORT=str(vtn_port),
         CARIFLEX_VTN_ADMIN_PORT=str(vtn_admin_port),
+        CARIFLEX_S2_PORT=str(free_port()),
         CARIFLEX_ENV_FILE=str(tmp_path / "no.env"),
     )
     demo = subprocess.Popen(

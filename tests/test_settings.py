@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_env_example_documents_every_variable():
     text = (ROOT / ".env.example").read_text()
-    documented = set(re.findall(r"^#?\s*(CARIFLEX_[A-Z_]+)=", text, flags=re.M))
+    documented = set(re.findall(r"^#?\s*(CARIFLEX_[A-Z0-9_]+)=", text, flags=re.M))
     assert documented == {v.name for v in settings.VARIABLES}
     assert text == settings.env_example(), "regenerate: python -m cariflex.settings > .env.example"
 

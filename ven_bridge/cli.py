@@ -48,6 +48,13 @@ def cli() -> None:
     "--vtn-fingerprint", default=None, help="Expected fingerprint of the VTN's signing certificate."
 )
 @click.option(
+    "--s2-port",
+    type=int,
+    default=lambda: int(settings.get("CARIFLEX_S2_PORT")),
+    show_default="8765",
+    help="S2 WebSocket port of the CEM, path /s2; 0 = any free port ($CARIFLEX_S2_PORT).",
+)
+@click.option(
     "--telemetry-seconds",
     type=click.FloatRange(min=1),
     default=10.0,
@@ -55,7 +62,7 @@ def cli() -> None:
     help="Sampling period of the fleet TELEMETRY_USAGE report.",
 )
 def run(
-    vtn_url, ven_name, state_dir, fleet_file, cert, key, ca_file, vtn_fingerprint, telemetry_seconds
+    vtn_url, ven_name, state_dir, fleet_file, cert, key, ca_file, vtn_fingerprint, s2_port, telemetry_seconds
 ) -> None:
     """Run the VEN until SIGTERM or Ctrl-C."""
     from ven_bridge.fm_client import FlexMeasuresClient
@@ -85,8 +92,9 @@ def run(
         ca_file=ca_file,
         vtn_fingerprint=vtn_fingerprint,
         telemetry_seconds=telemetry_seconds,
+        s2_port=s2_port,
     )
-    asyncio.run(CariflexVen(options, outbox, Poster(outbox, client)).run())
+    asyncio.run(CariflexVen(options, outbox, Poster(outbox, client), fleet).run())
 
 
 def _age(at: float | None) -> str:
@@ -107,6 +115,7 @@ def _status(state: str | None) -> dict[str, Any]:
             "poll_seconds": registration.get("poll_seconds"),
             "last_vtn_contact_at": contact.get("at"),
             "last_post_at": post.get("at"),
+            "s2": outbox.get_state("s2") or {},
             **outbox.status(),
         }
     finally:
@@ -136,12 +145,50 @@ def status(state_dir, as_json, check) -> None:
             )
             + f"\ndead letters: {data['dead_letters']}\n"
             f"last FlexMeasures post: {_age(data['last_post_at'])}\n"
-            f"delivered: {data['delivered']}"
+            f"delivered: {data['delivered']}\n"
+            f"S2: {data['s2'].get('under_frbc', 0)} device(s) under FRBC control"
+            + (
+                f", load-control cap {data['s2']['cap_kw']:.0f} kW, shortfall {data['s2']['shortfall_kw']} kW"
+                if data["s2"].get("cap_kw") is not None
+                else ""
+            )
         )
     if check:
         poll = data["poll_seconds"] or 10
         fresh = data["last_vtn_contact_at"] and time.time() - data["last_vtn_contact_at"] < 3 * poll + 5
         sys.exit(0 if data["registered"] and fresh else 1)
+
+
+@cli.command()
+@click.argument("device")
+@click.argument("kw", type=float, required=False)
+@click.option("--clear", is_flag=True, help="Remove the device's setpoint (it is left alone again).")
+@state_option
+@click.option("--fleet", "fleet_file", default=None)
+def setpoint(device, kw, clear, state_dir, fleet_file) -> None:
+    """Set DEVICE's power in kW (charging positive); the running VEN's CEM applies it within a second."""
+    from ven_bridge.outbox import Outbox
+
+    try:
+        fleet = load_fleet(fleet_file)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    names = {d.name for d in (*fleet.batteries, *fleet.ev_chargers)}
+    if device not in names:
+        raise click.ClickException(f"device {device!r} is not a battery or EV charger of the fleet")
+    if kw is None and not clear:
+        raise click.UsageError("give KW, or --clear")
+    box = Outbox(state_path(state_dir))
+    try:
+        setpoints = box.get_state("setpoints", {})
+        if clear:
+            setpoints.pop(device, None)
+        else:
+            setpoints[device] = kw
+        box.set_state("setpoints", setpoints)
+    finally:
+        box.close()
+    click.echo(f"{device}: {'no setpoint' if clear else f'{kw:g} kW'}")
 
 
 @cli.group()

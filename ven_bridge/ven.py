@@ -43,6 +43,8 @@ class VenOptions:
     ca_file: str | None = None
     vtn_fingerprint: str | None = None
     telemetry_seconds: float = 10.0
+    s2_host: str = "127.0.0.1"
+    s2_port: int = 8765
 
 
 class _Client(OpenADRClient):
@@ -60,10 +62,11 @@ class _Client(OpenADRClient):
 
 
 class CariflexVen:
-    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster):
+    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster, fleet=None):
         self.options = options
         self.outbox = outbox
         self.poster = poster
+        self.fleet = fleet
         self.stopping = asyncio.Event()
         self.client: _Client | None = None
         self._last_contact_write = 0.0
@@ -78,6 +81,11 @@ class CariflexVen:
             self.outbox.record_decision(str(event_id), int(number or 0), decision.opt, decision.reason)
             if decision.normalised is not None:
                 self.outbox.add("event", decision.key, decision.normalised)
+                if decision.normalised["signal_name"] == "LOAD_CONTROL":
+                    # The fleet controller caps the site import while it is active.
+                    events = self.outbox.get_state("load_control_events", {})
+                    events[decision.normalised["event_id"]] = decision.normalised
+                    self.outbox.set_state("load_control_events", events)
         except Exception:  # openleadr would opt out of *every* event in the message on an exception
             log.exception("event handling failed", extra={"fields": {"event_id": event_id}})
             return "optOut"
