@@ -21,7 +21,7 @@ from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, inge
 QUARTER, HOUR = timedelta(minutes=15), timedelta(hours=1)
 # Tomorrow 00:00 in Martinique (UTC-4, no DST), so nothing here is older than the ledger keeps.
 DAY = datetime.now(UTC).replace(hour=4, minute=0, second=0, microsecond=0) + timedelta(days=1)
-MODIFIED = DAY - timedelta(hours=12)
+MODIFIED = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)  # belief times lie in the past
 PRICES = [round(0.08 + 0.005 * h, 3) for h in range(24)]  # EUR/kWh
 LEVELS = [0.6, 0.5, 0.4, 0.7]
 LC_START = DAY + timedelta(hours=18)  # 18:00 local
@@ -443,3 +443,12 @@ def test_ensure_ven_user_creates_once_with_the_role(cli, fm_db, monkeypatch, tmp
 
 def test_refusal_is_a_value_error():
     assert issubclass(IngestError, ValueError)
+
+
+def test_future_modification_time_and_wrong_types_are_refused(fm_db, fleet):
+    with pytest.raises(IngestError, match="lies in the future"):
+        ingest_event(lc_event(modified=datetime.now(UTC) + timedelta(hours=1)), fleet)
+    with pytest.raises(IngestError, match="signal_name/signal_type"):
+        ingest_event({**lc_event(), "signal_type": ["x-loadControlCapacity"]}, fleet)
+    with pytest.raises(IngestError, match="out of range|more than 10 years"):
+        ingest_event(lc_event(modified=datetime(9999, 12, 31, 23, tzinfo=UTC)), fleet)

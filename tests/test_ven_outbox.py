@@ -45,3 +45,11 @@ def test_the_outbox_survives_a_restart(tmp_path):
     again = Outbox(tmp_path)
     assert again.head()[0].payload == {"n": 1}
     assert again.get_state("registration") == {"ven_id": "ven-1"}
+
+
+def test_a_dead_lettered_key_is_not_queued_again(tmp_path):
+    box = Outbox(tmp_path)
+    box.add("event", "event:x:0", {"n": 1})
+    box.dead_letter(box.head()[0], 422, "refused")
+    assert not box.add("event", "event:x:0", {"n": 1})  # e.g. openleadr re-sending it after a restart
+    assert box.status()["outbox_depth"] == 0

@@ -126,3 +126,28 @@ def test_targets_decide_by_resource():
     other = decide(event(targets=[{"resource_id": "bat_01"}, {"resource_id": "pump_7"}]), RESOURCES)
     assert mine.opt == "optIn"
     assert (other.opt, other.reason) == ("optOut", "targets resources this VEN does not have: pump_7")
+
+
+def test_opting_out_of_a_later_modification_lifts_the_earlier_limit(tmp_path):
+    import asyncio
+
+    from ven_bridge.outbox import Outbox
+    from ven_bridge.ven import CariflexVen, VenOptions, _Client
+
+    box = Outbox(tmp_path)
+    ven = CariflexVen(VenOptions("v", "http://vtn", frozenset(RESOURCES), "Cariflex site"), box, poster=None)
+    first = event("LOAD_CONTROL", "x-loadControlCapacity", [0.4], measurement={})
+    first["event_descriptor"]["modification_number"] = 0
+    assert asyncio.run(ven.handle_event(first)) == "optIn"
+    retargeted = event(
+        "LOAD_CONTROL", "x-loadControlCapacity", [0.4], measurement={}, targets=[{"resource_id": "pump_7"}]
+    )
+    assert asyncio.run(ven.handle_event(retargeted)) == "optOut"
+    queued = []
+    while (entry := box.head()[0]) is not None:
+        queued.append(entry.payload)
+        box.mark_done(entry)
+    assert [(q["modification_number"], q["status"]) for q in queued] == [(0, "far"), (2, "cancelled")]
+    # openleadr's own lookup of an answer it forgot (a re-sent cancelled event) no longer raises
+    client = _Client(ven_name="v", vtn_url="http://127.0.0.1:9/OpenADR2/Simple/2.0b")
+    assert client.responded_events["evt-forgotten"] == "optIn"

@@ -37,7 +37,7 @@ class Answer:
 
 
 class FlexMeasuresClient:
-    def __init__(self, base_url: str, email: str, password: str, timeout_s: float = 30):
+    def __init__(self, base_url: str, email: str, password: str, timeout_s: tuple[float, float] = (5, 15)):
         self.base_url = base_url.rstrip("/")
         self.email = email
         self.password = password
@@ -63,7 +63,10 @@ class FlexMeasuresClient:
                 503 if response.status_code in (400, 401) else response.status_code,
                 f"login as {self.email} refused: {response.text[:500]}",
             )
-        self._token = response.json()["auth_token"]
+        try:
+            self._token = response.json()["auth_token"]
+        except (ValueError, KeyError, TypeError):
+            return Answer(503, f"login answer from {self.base_url} has no auth_token: {response.text[:300]}")
         self._token_at = time.monotonic()
         return None
 

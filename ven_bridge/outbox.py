@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+DONE_KEEP_S = 8 * 24 * 3600
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -119,6 +121,8 @@ class Outbox:
         with self._tx() as conn:
             if conn.execute("SELECT 1 FROM done WHERE dedupe_key = ?", (dedupe_key,)).fetchone():
                 return False
+            if conn.execute("SELECT 1 FROM dead_letter WHERE dedupe_key = ?", (dedupe_key,)).fetchone():
+                return False  # FlexMeasures refused it once; it will again
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO outbox (kind, dedupe_key, payload, created_at) VALUES (?, ?, ?, ?)",
                 (kind, dedupe_key, json.dumps(payload), time.time()),
@@ -152,6 +156,8 @@ class Outbox:
                 "INSERT OR REPLACE INTO done (dedupe_key, done_at) VALUES (?, ?)",
                 (entry.dedupe_key, time.time()),
             )
+            # openleadr re-sends only current events; keys older than any event's life can go.
+            conn.execute("DELETE FROM done WHERE done_at < ?", (time.time() - DONE_KEEP_S,))
 
     def retry_later(self, entry: Entry, delay_s: float, error: str) -> None:
         with self._tx() as conn:

@@ -47,12 +47,21 @@ class VenOptions:
     s2_port: int = 8765
 
 
+class _Answers(dict):
+    def __missing__(self, key: str) -> str:
+        return "optIn"
+
+
 class _Client(OpenADRClient):
     """openleadr's client, telling us when the VTN answered."""
 
     def __init__(self, *args, on_contact=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._on_contact = on_contact
+        # openleadr gap: it forgets its answer to a cancelled event, and when the VTN sends that event
+        # again (its answer was lost) the lookup raises KeyError and every other event of the message
+        # is opted out and never handled. A cancellation is acknowledged, so answer optIn.
+        self.responded_events = _Answers()
 
     async def _perform_request(self, service, message):
         result = await super()._perform_request(service, message)
@@ -79,7 +88,9 @@ class CariflexVen:
         try:
             decision = decide(event, set(self.options.resources))
             self.outbox.record_decision(str(event_id), int(number or 0), decision.opt, decision.reason)
-            if decision.normalised is not None:
+            if decision.normalised is None:
+                self._withdraw(str(event_id), descriptor)
+            else:
                 self.outbox.add("event", decision.key, decision.normalised)
                 if decision.normalised["signal_name"] == "LOAD_CONTROL":
                     # The fleet controller caps the site import while it is active.
@@ -102,6 +113,26 @@ class CariflexVen:
             },
         )
         return decision.opt
+
+    def _withdraw(self, event_id: str, descriptor: dict) -> None:
+        """Opting out of a modification of a load-control event we acted on must lift its limit:
+        FlexMeasures gets it as cancelled (else the earlier level would stay in force)."""
+        events = self.outbox.get_state("load_control_events", {})
+        earlier = events.get(event_id)
+        if earlier is None or earlier.get("status") == "cancelled":
+            return
+        modified = descriptor.get("modification_date_time")
+        withdrawn = {
+            **earlier,
+            "status": "cancelled",
+            "modification_number": int(descriptor.get("modification_number") or 0),
+            "modification_date_time": modified.isoformat()
+            if isinstance(modified, datetime)
+            else earlier["modification_date_time"],
+        }
+        self.outbox.add("event", f"event:{event_id}:{withdrawn['modification_number']}", withdrawn)
+        events[event_id] = withdrawn
+        self.outbox.set_state("load_control_events", events)
 
     def fleet_power(self) -> list[tuple[datetime, float]]:
         """TELEMETRY_USAGE: total battery + EV power in kW, from what was last posted; nothing if none."""
@@ -155,8 +186,24 @@ class CariflexVen:
                 extra={"fields": {"attempt": attempt, "vtn_url": self.options.vtn_url}},
             )
             client = self._new_client()
-            await client.run()
-            if client.registration_id:
+            running = asyncio.create_task(client.run())
+            stopping = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not running.done():  # SIGTERM while registering: do not wait for the VTN
+                running.cancel()
+                with contextlib.suppress(BaseException):
+                    await running
+                with contextlib.suppress(Exception):
+                    await client.stop()
+                return None
+            if running.exception() is not None:  # e.g. an empty or garbled answer from the VTN
+                log.warning(
+                    "registration attempt failed", extra={"fields": {"error": repr(running.exception())}}
+                )
+                with contextlib.suppress(Exception):
+                    await client.stop()
+            elif client.registration_id:
                 self.outbox.set_state(
                     "registration",
                     {

@@ -171,6 +171,9 @@ class IngestResult:
 # --- validation (no database) ----------------------------------------------------------------
 
 
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
 def _fields(value: Any, where: str, expected: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise IngestError(f"{where}: must be a JSON object, got {type(value).__name__}")
@@ -195,7 +198,13 @@ def _datetime(value: Any, where: str) -> datetime:
         raise IngestError(f"{where}: {value!r} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         raise IngestError(f"{where}: {value!r} has no UTC offset (write e.g. {value}+00:00)")
-    return parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise IngestError(f"{where}: {value!r} is out of range") from None
+    if abs(parsed.year - datetime.now(UTC).year) > 10:
+        raise IngestError(f"{where}: {value!r} is more than 10 years from today")
+    return parsed
 
 
 def _duration(value: Any, where: str) -> timedelta:
@@ -203,7 +212,7 @@ def _duration(value: Any, where: str) -> timedelta:
         raise IngestError(f"{where}: must be an ISO 8601 duration string such as 'PT1H', got {value!r}")
     try:
         parsed = isodate.parse_duration(value)
-    except (isodate.ISO8601Error, ValueError):
+    except (isodate.ISO8601Error, ValueError, OverflowError):
         raise IngestError(f"{where}: {value!r} is not an ISO 8601 duration such as 'PT1H'") from None
     if not isinstance(parsed, timedelta):  # years or months: no fixed length
         raise IngestError(f"{where}: {value!r} has no fixed length (use days, hours or minutes)")
@@ -305,7 +314,11 @@ def parse_event(event: Any) -> Event:
         raise IngestError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
     modified = _datetime(data["modification_date_time"], "modification_date_time")
     signal_name, signal_type = data["signal_name"], data["signal_type"]
-    kind = SIGNALS.get((signal_name, signal_type)) if isinstance(signal_name, str) else None
+    kind = (
+        SIGNALS.get((signal_name, signal_type))
+        if isinstance(signal_name, str) and isinstance(signal_type, str)
+        else None
+    )
     if kind is None:
         supported = ", ".join(f"{n}/{t}" for n, t in SIGNALS)
         raise IngestError(
@@ -540,6 +553,13 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
     Raises IngestError (refused input) or SiteNotReady before anything is written.
     """
     parsed = parse_event(event)
+    if parsed.modified > (now or datetime.now(UTC)) + FUTURE_TOLERANCE:
+        # A belief time in the future would hide these beliefs from every query made today and
+        # override every later modification: a clock is wrong somewhere.
+        raise IngestError(
+            f"modification_date_time: {parsed.modified.isoformat()} lies in the future "
+            f"(more than {int(FUTURE_TOLERANCE.total_seconds() // 60)} minutes ahead of this server)"
+        )
     asset = _lock_grid_signals(fleet)
     sensors = _sensors(fleet, parsed.kind)
     for sensor in sensors.values():
