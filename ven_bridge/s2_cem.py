@@ -185,6 +185,7 @@ class RmSession:
         self.cem = cem
         self.ws = connection
         self.state: DeviceState | None = None
+        self.received = 0  # messages from the RM (for the benchmark's CPU time per message)
         self.pending: dict[uuid.UUID, float] = {}  # our message id -> sent at (monotonic)
         self.acks: dict[uuid.UUID, float] = {}  # our message id -> ReceptionStatus received at
 
@@ -216,6 +217,7 @@ class RmSession:
             self.cem.on_change.set()
 
     async def receive(self, raw: str | bytes) -> None:
+        self.received += 1
         subject = _message_id(raw)
         try:
             message = S2Parser.parse_as_any_message(raw)

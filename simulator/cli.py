@@ -1,0 +1,130 @@
+"""``cariflex-sim``: simulated S2 resource managers for the fleet's batteries and EV chargers.
+
+    cariflex-sim run [--s2-url ws://127.0.0.1:8765/s2] [--fleet FILE] [--devices bat_01,ev_03]
+                     [--measure-seconds 2] [--cem-timeout-seconds 30] [--ev-presence always|schedule]
+
+One process, one asyncio loop, one WebSocket (and S2 session) per device. Logs are JSON lines on
+stderr. SIGTERM or SIGINT closes every connection and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from cariflex import logs, settings
+from cariflex.fleet import FleetError, load_fleet
+from simulator.devices import PRESENCE_CHOICES, build_devices
+from simulator.rm import run_fleet
+
+log = logging.getLogger("cariflex.sim")
+
+
+def default_url() -> str:
+    try:
+        port = settings.get("CARIFLEX_S2_PORT")
+    except KeyError:  # an older settings module without the variable
+        port = os.environ.get("CARIFLEX_S2_PORT")
+    return f"ws://127.0.0.1:{port or 8765}/s2"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="cariflex-sim",
+        description="Simulated S2 (FRBC) resource managers for the Cariflex fleet's batteries and "
+        "EV chargers.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run one S2 resource manager per device against the CEM",
+        description="Run one S2 resource manager per battery / EV charger, each on its own WebSocket "
+        "to the CEM, until SIGTERM.",
+    )
+    run.add_argument(
+        "--s2-url",
+        default=None,
+        help="the CEM's S2 WebSocket (default ws://127.0.0.1:$CARIFLEX_S2_PORT/s2, port 8765)",
+    )
+    run.add_argument(
+        "--fleet", default=None, help="fleet description YAML ($CARIFLEX_FLEET_FILE; default: packaged fleet)"
+    )
+    run.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated device names to simulate, e.g. bat_01,ev_03 (default: all batteries and EVs)",
+    )
+    run.add_argument(
+        "--measure-seconds",
+        type=_positive,
+        default=2.0,
+        help="seconds between PowerMeasurement + StorageStatus reports (default 2)",
+    )
+    run.add_argument(
+        "--cem-timeout-seconds",
+        type=_positive,
+        default=30.0,
+        help="without a CEM for this long, devices go idle / off (default 30)",
+    )
+    run.add_argument(
+        "--ev-presence",
+        choices=PRESENCE_CHOICES,
+        default="always",
+        help="'always': cars plugged in all the time (default); 'schedule': they follow the fleet's "
+        "arrival/departure times",
+    )
+    run.add_argument("--log-level", default=None, help="log level ($CARIFLEX_LOG_LEVEL, default INFO)")
+    return top
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        fleet = load_fleet(args.fleet)
+        names = [n.strip() for n in args.devices.split(",") if n.strip()] if args.devices else None
+        devices = build_devices(fleet, names, ev_presence=args.ev_presence)
+    except (FleetError, ValueError) as exc:
+        log.error("cannot start", extra={"fields": {"error": str(exc)}})
+        print(f"cariflex-sim: {exc}", file=sys.stderr)
+        return 2
+    if not devices:
+        print("cariflex-sim: the fleet has no batteries or EV chargers", file=sys.stderr)
+        return 2
+    url = args.s2_url or default_url()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "simulator starting",
+        extra={"fields": {"url": url, "fleet": fleet.source, "devices": [d.name for d in devices]}},
+    )
+    await run_fleet(
+        url,
+        devices,
+        stop=stop,
+        measure_seconds=args.measure_seconds,
+        cem_timeout_seconds=args.cem_timeout_seconds,
+    )
+    log.info("simulator stopped", extra={"fields": {"devices": len(devices)}})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(args.log_level)
+    return asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
