@@ -159,7 +159,7 @@ def status(state_dir, as_json, check) -> None:
         sys.exit(0 if data["registered"] and fresh else 1)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})  # so that "-15" is a number, not an option
 @click.argument("device")
 @click.argument("kw", type=float, required=False)
 @click.option("--clear", is_flag=True, help="Remove the device's setpoint (it is left alone again).")

@@ -242,13 +242,28 @@ class CariflexVen:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         self.poster.start()
+        from ven_bridge.fleet_control import FleetController
+        from ven_bridge.s2_cem import Cem
+
+        # The S2 CEM and the fleet controller run beside the OpenADR client in this loop.
+        cem = Cem(self.options.s2_host, self.options.s2_port)
+        await cem.start()
+        controller = asyncio.create_task(FleetController(self.fleet, cem, self.outbox).run(self.stopping))
         log.info(
             "ven started",
-            extra={"fields": {"ven_name": self.options.ven_name, "state": str(self.outbox.path)}},
+            extra={
+                "fields": {
+                    "ven_name": self.options.ven_name,
+                    "state": str(self.outbox.path),
+                    "s2_port": cem.port,
+                }
+            },
         )
         self.client = await self.register()
         await self.stopping.wait()
         log.info("ven stopping")
+        await controller
+        await cem.stop()
         if self.client is not None:
             await self.client.stop()
         await asyncio.to_thread(self.poster.stop)
