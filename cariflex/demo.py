@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         fleet_args = ["--fleet", args.fleet] if args.fleet else []
         start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
+        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM.
+        start_process("device-simulator", [str(BIN / "cariflex-sim"), "run", *fleet_args], env, running)
         print(banner(base, vtn_admin), flush=True)
         log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
         while not stop.is_set() and all(proc.poll() is None for _, proc in running):
@@ -204,6 +206,7 @@ def banner(base: str, vtn_admin: str) -> str:
         f"  Log in as {email} (password in {password_hint}).\n"
         f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
         "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
+        "  S2: 20 simulated devices; make one obey:  .venv/bin/cariflex-ven setpoint bat_01 30\n"
         "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
         "  Ctrl-C stops it.\n"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -108,6 +109,19 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             return listed.json()[0]["registered"]
 
         wait_until(ven_registered, 60, "the VEN bridge to register")
+
+        # The simulated devices come under the VEN's S2 control.
+        def under_frbc() -> int:
+            status = subprocess.run(
+                [str(BIN / "cariflex-ven"), "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return json.loads(status.stdout).get("s2", {}).get("under_frbc", 0)
+
+        wait_until(lambda: under_frbc() == 20, 60, "20 simulated devices under FRBC control")
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)
