@@ -47,3 +47,43 @@ def test_the_lowest_active_level_applies_and_cancelled_events_do_not():
     assert load_control_level({"a": event(0.6), "b": event(0.8)}, now) == 0.6
     assert load_control_level({"a": event(0.6, "cancelled"), "b": event(0.8)}, now) == 0.8
     assert load_control_level({"a": event(0.6)}, now + timedelta(hours=1)) is None
+
+
+def test_measurements_leave_as_one_minute_averages(tmp_path):
+    import time
+
+    from cariflex.fleet import load_fleet
+    from ven_bridge.fleet_control import FleetController
+    from ven_bridge.outbox import Outbox
+    from ven_bridge.s2_cem import Cem
+
+    cem, box = Cem(), Outbox(tmp_path)
+    state = cem.device("bat_01")
+    now = time.monotonic()
+    state.power_samples = [(now - 50, 10_000.0), (now - 30, 20_000.0), (now - 5, 30_000.0)]
+    state.fill_level = 55.5
+    controller = FleetController(load_fleet(), cem, box)
+    minute = datetime(2030, 3, 1, 18, 0, tzinfo=UTC)
+    controller._measurements(minute + timedelta(seconds=30))  # the first call only starts the clock
+    assert box.head()[0] is None
+    controller._measurements(minute + timedelta(minutes=1))
+    entries = []
+    while (entry := box.head()[0]) is not None:
+        entries.append(entry.payload)
+        box.mark_done(entry)
+    assert entries == [
+        {
+            "sensor": "bat_01_power",
+            "start": minute.isoformat(),
+            "duration": "PT1M",
+            "values": [20.0],
+            "unit": "kW",
+        },
+        {
+            "sensor": "bat_01_soc",
+            "start": minute.isoformat(),
+            "duration": "PT1M",
+            "values": [55.5],
+            "unit": "kWh",
+        },
+    ]
