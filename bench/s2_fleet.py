@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -31,6 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import percentile, print_result  # noqa: E402
 from cariflex.fleet import default_fleet_path, load_fleet  # noqa: E402
 from ven_bridge.fleet_control import FleetController  # noqa: E402
 from ven_bridge.outbox import Outbox  # noqa: E402
@@ -133,11 +133,12 @@ async def run_size(size: int, trials: int, folder: Path) -> dict:
         await cem.stop()
         outbox.close()
     ordered = sorted(samples)
+    p95 = percentile(samples, 0.95)
     return {
         "rms": size,
         "trials": trials,
         "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] * 1000, 1),
+        "p95_ms": round(p95 * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
         "cem_cpu_us_per_message": round(cpu / max(1, messages) * 1e6, 1),
         "messages": messages,
@@ -156,20 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [asyncio.run(run_size(int(n), args.trials, Path(tmp))) for n in args.sizes.split(",")]
     twenty = next((r for r in results if r["rms"] == 20), results[0])
-    print(
-        json.dumps(
-            {
-                "bench": "s2_fleet",
-                "results": results,
-                "goal": {
-                    "p95_ms_at_20_rms": 200,
-                    "measured": twenty["p95_ms"],
-                    "met": twenty["p95_ms"] <= 200,
-                },
-            }
-        ),
-        flush=True,
-    )
+    print_result("s2_fleet", results, "p95_ms_at_20_rms", twenty["p95_ms"], 200)
 
 
 if __name__ == "__main__":

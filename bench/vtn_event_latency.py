@@ -15,7 +15,6 @@ Prints one JSON line. Goal: p95 <= 1.0 s at a 1 s poll with 50 VENs.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -26,14 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import percentile, print_result  # noqa: E402
 from tests.openadr_harness import VenFleet, VtnProcess, wait_until  # noqa: E402
 from vtn.events import SITE_TZ  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def run_config(vens: int, poll_s: float, trials: int) -> dict:
@@ -109,20 +103,7 @@ def main() -> None:
     )
     results = [run_config(n, poll, fast_trials if poll == 1 else slow_trials) for n, poll in configs]
     headline = next((r for r in results if r["vens"] == 50 and r["poll_s"] == 1), results[-1])
-    print(
-        json.dumps(
-            {
-                "bench": "vtn_event_latency",
-                "results": results,
-                "goal": {
-                    "p95_s_at_1s_poll_50_vens": 1.0,
-                    "measured": headline["p95_s"],
-                    "met": headline["p95_s"] <= 1.0,
-                },
-            }
-        ),
-        flush=True,
-    )
+    print_result("vtn_event_latency", results, "p95_s_at_1s_poll_50_vens", headline["p95_s"], 1.0)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from sqlalchemy import select, text
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import SOURCE_VTN
-from flexmeasures_cariflex.data.services.site_setup import find_site, site_sensors
+from flexmeasures_cariflex.data.services.site_setup import SiteNotReady, require_site, site_sensors
 
 LEDGER_KEY = "openadr_events"
 LEDGER_RETENTION = timedelta(days=7)
@@ -98,11 +98,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 class IngestError(ValueError):
     """The event is refused (bad or unsupported input); nothing was written."""
-
-
-class SiteNotReady(LookupError):
-    """The site, a sensor or the VTN data source is missing or differs from the site model:
-    a problem of this installation, not of the event (run `flexmeasures cariflex setup`)."""
 
 
 @dataclass(frozen=True)
@@ -356,12 +351,7 @@ def _check_alignment(event: Event, sensor: Sensor) -> None:
 
 
 def _lock_grid_signals(fleet: Fleet) -> GenericAsset:
-    site = find_site(fleet)
-    if site is None:
-        raise SiteNotReady(
-            f"site '{fleet.site.name}' of account '{fleet.site.account}' does not exist; "
-            "run `flexmeasures cariflex setup` first"
-        )
+    site = require_site(fleet)
     asset = db.session.execute(
         select(GenericAsset)
         .filter(GenericAsset.parent_asset_id == site.id, GenericAsset.name == fleet.grid_signals.name)

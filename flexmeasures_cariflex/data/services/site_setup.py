@@ -224,14 +224,24 @@ def setup_site(fleet: Fleet) -> SetupReport:
     return report
 
 
-def site_sensors(fleet: Fleet) -> dict[str, Sensor]:
-    """Every sensor below the site, by name (names are unique by construction of the site model)."""
+class SiteNotReady(LookupError):
+    """The site, a sensor or the VTN data source is missing or differs from the site model:
+    a problem of this installation, not of the request (run `flexmeasures cariflex setup`)."""
+
+
+def require_site(fleet: Fleet) -> GenericAsset:
     site = find_site(fleet)
     if site is None:
-        raise LookupError(
+        raise SiteNotReady(
             f"site '{fleet.site.name}' of account '{fleet.site.account}' does not exist; "
             "run `flexmeasures cariflex setup` first"
         )
+    return site
+
+
+def site_sensors(fleet: Fleet) -> dict[str, Sensor]:
+    """Every sensor below the site, by name (names are unique by construction of the site model)."""
+    site = require_site(fleet)
     rows = db.session.execute(
         select(Sensor)
         .join(GenericAsset, Sensor.generic_asset_id == GenericAsset.id)
