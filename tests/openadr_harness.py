@@ -8,6 +8,7 @@ thread; tests wait on conditions with timeouts, never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -123,6 +124,18 @@ class VenFleet:
         self.thread.join(timeout=10)
 
 
+# Every process a test starts, killed at exit if a test or fixture failed before stopping it:
+# an orphaned server would outlive the test run (and hold CI).
+_STARTED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+
+
 class LoggedProcess:
     """A Cariflex process with JSON log lines on stderr, collected for the test to wait on."""
 
@@ -141,6 +154,7 @@ class LoggedProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        _STARTED.append(self.proc)
 
         def reader(stream) -> None:
             for raw in stream:

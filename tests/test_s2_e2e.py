@@ -21,20 +21,23 @@ DEVICES = [d.name for d in (*FLEET.batteries, *FLEET.ev_chargers)]
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     folder = tmp_path_factory.mktemp("s2")
-    vtn = VtnProcess(folder / "vtn", f"sqlite:///{folder / 'vtn.sqlite'}").start()
-    vtn.cli("ven", "add", "cariflex-ven")
-    # FlexMeasures is not needed here: measurements simply wait in the VEN's outbox.
-    ven = VenProcess(folder / "ven", vtn.url, "http://127.0.0.1:9").start()
-    started = wait_until(lambda: ven.logged("ven started"), 60, "the VEN")[0]
-    url = f"ws://127.0.0.1:{started['s2_port']}/s2"
-    sim = LoggedProcess(
-        [str(BIN / "cariflex-sim"), "run", "--s2-url", url, "--measure-seconds", "1"],
-        base_env(folder / "sim"),
-    ).start()
-    yield {"vtn": vtn, "ven": ven, "sim": sim, "url": url, "folder": folder}
-    sim.stop()
-    ven.stop()
-    vtn.stop()
+    parts: dict = {"folder": folder}
+    try:
+        parts["vtn"] = vtn = VtnProcess(folder / "vtn", f"sqlite:///{folder / 'vtn.sqlite'}").start()
+        vtn.cli("ven", "add", "cariflex-ven")
+        # FlexMeasures is not needed here: measurements simply wait in the VEN's outbox.
+        parts["ven"] = ven = VenProcess(folder / "ven", vtn.url, "http://127.0.0.1:9").start()
+        started = wait_until(lambda: ven.logged("ven started"), 60, "the VEN")[0]
+        parts["url"] = url = f"ws://127.0.0.1:{started['s2_port']}/s2"
+        parts["sim"] = LoggedProcess(
+            [str(BIN / "cariflex-sim"), "run", "--s2-url", url, "--measure-seconds", "1"],
+            base_env(folder / "sim"),
+        ).start()
+        yield parts
+    finally:
+        for name in ("sim", "ven", "vtn"):  # the current ones: a test may have replaced the simulator
+            if name in parts:
+                parts[name].stop()
 
 
 def s2_status(ven: VenProcess) -> dict:
