@@ -175,3 +175,81 @@ def ingest_event_command(event_file: str, fleet_file: str | None) -> None:
         db.session.rollback()
         raise
     click.echo(result.summary())
+
+
+@cariflex_bp.cli.command("schedule")
+@click.option(
+    "--start",
+    "start_text",
+    default=None,
+    help="ISO start, e.g. 2026-11-25T00:00-04:00. Default: next local midnight.",
+)
+@click.option("--horizon", "horizon_text", default="PT24H", show_default=True, help="ISO 8601 duration.")
+@click.option("--dry-run", is_flag=True, help="Compute and print, write nothing.")
+@fleet_option
+@with_appcontext
+def schedule_command(
+    start_text: str | None, horizon_text: str, dry_run: bool, fleet_file: str | None
+) -> None:
+    """Schedule all batteries and EV chargers of the site in one run (FlexMeasures StorageScheduler)
+    and save the result on their power sensors as "Cariflex scheduler", unless --dry-run."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    import isodate
+
+    from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
+
+    fleet = _load(fleet_file)
+    tz = ZoneInfo(fleet.site.timezone)
+    try:
+        horizon = isodate.parse_duration(horizon_text)
+    except (isodate.ISO8601Error, ValueError) as exc:
+        _refuse(f"--horizon {horizon_text!r} is not an ISO 8601 duration like PT24H ({exc})")
+    if not isinstance(horizon, timedelta):
+        _refuse(f"--horizon {horizon_text!r} must be in days/hours/minutes, e.g. PT24H")
+    if start_text:
+        try:
+            start = datetime.fromisoformat(start_text)
+        except ValueError:
+            _refuse(f"--start {start_text!r} is not an ISO datetime like 2026-11-25T00:00-04:00")
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=tz)
+    else:
+        start = datetime.combine(datetime.now(tz).date() + timedelta(days=1), datetime.min.time(), tz)
+    try:
+        result = compute_fleet_schedule(fleet, start, horizon=horizon, dry_run=dry_run)
+        if result.ok and not dry_run:
+            db.session.commit()
+        else:
+            db.session.rollback()
+    except (ValueError, LookupError) as exc:
+        db.session.rollback()
+        _refuse(str(exc))
+    except Exception:
+        db.session.rollback()
+        raise
+    click.echo(
+        f"Fleet schedule {result.start.astimezone(tz):%Y-%m-%d %H:%M} - "
+        f"{result.end.astimezone(tz):%Y-%m-%d %H:%M} "
+        f"({fleet.site.timezone}), {result.resolution} steps, {len(result.devices)} devices"
+        + (" (dry run: nothing written)" if dry_run else "")
+    )
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    if not result.ok:
+        click.secho(f"Error: {result.infeasible}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"  {'device':<8} {'charged kWh':>12} {'discharged kWh':>15} {'peak kW':>8}")
+    for name, dev in result.devices.items():
+        click.echo(f"  {name:<8} {dev.charged_kwh:>12.1f} {dev.discharged_kwh:>15.1f} {dev.peak_kw:>8.1f}")
+    if result.breaches:
+        click.secho(f"{len(result.breaches)} breach(es):", fg="yellow")
+        for breach in result.breaches:
+            click.secho(f"  {breach}", fg="yellow")
+    else:
+        click.echo("No breaches.")
+    click.echo(
+        f"compute {result.compute_seconds:.2f} s"
+        + ("" if dry_run else f", saved {result.beliefs_saved} beliefs in {result.save_seconds:.2f} s")
+    )
