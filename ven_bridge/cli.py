@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,11 @@ def run(
         telemetry_seconds=telemetry_seconds,
         s2_port=s2_port,
     )
-    asyncio.run(CariflexVen(options, outbox, Poster(outbox, client), fleet).run())
+    try:
+        asyncio.run(CariflexVen(options, outbox, Poster(outbox, client), fleet).run())
+    finally:
+        # Shut down already: a second SIGTERM (e.g. a supervisor after Ctrl-C) must not kill the exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _age(at: float | None) -> str:

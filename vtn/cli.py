@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -173,7 +174,11 @@ def serve(
     async def main() -> None:
         await CariflexVtn(Store(default_url()), options).run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        # Shut down already: a second SIGTERM (e.g. a supervisor after Ctrl-C) must not kill the exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @cli.command()
