@@ -31,8 +31,8 @@ def test_environment_beats_dotenv_beats_default(tmp_path, monkeypatch):
 
 
 def test_empty_value_means_default(monkeypatch):
-    monkeypatch.setenv("CARIFLEX_FM_BIND", "")
-    assert settings.get("CARIFLEX_FM_BIND") == "127.0.0.1:5000"
+    monkeypatch.setenv("CARIFLEX_ADMIN_EMAIL", "")
+    assert settings.get("CARIFLEX_ADMIN_EMAIL") == "admin@cariflex.example"
 
 
 def test_secret_is_generated_once_with_mode_600(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from s2python.version import S2_VERSION
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from cariflex import settings
 from cariflex.fleet import load_fleet
 from cariflex.s2.devices import POWER
 from cariflex.s2.validation import check_system_description
@@ -507,7 +508,8 @@ def test_default_url_follows_the_s2_port(monkeypatch):
     assert default_url() == "ws://127.0.0.1:9911/s2"
     monkeypatch.delenv("CARIFLEX_S2_PORT")
     monkeypatch.setenv("CARIFLEX_ENV_FILE", "/nonexistent/.env")
-    assert default_url() == "ws://127.0.0.1:8765/s2"
+    default_port = next(v.default for v in settings.VARIABLES if v.name == "CARIFLEX_S2_PORT")
+    assert default_url() == f"ws://127.0.0.1:{default_port}/s2"
 
 
 def test_session_request_reconnect_starts_a_new_session():

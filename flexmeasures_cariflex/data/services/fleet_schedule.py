@@ -28,7 +28,7 @@ from flexmeasures.data.models.time_series import Sensor, TimedBelief
 from sqlalchemy import insert, select
 
 from cariflex.fleet import Battery, EVCharger, Fleet
-from flexmeasures_cariflex.data.services.site_setup import require_site, site_sensors
+from flexmeasures_cariflex.data.services.site_setup import find_source, require_site, site_sensors
 
 SCHEDULER_SOURCE = ("Cariflex scheduler", "scheduler")
 EV_SOC_MIN_PCT = 10.0
@@ -197,11 +197,7 @@ def _departures(ev: EVCharger, start: pd.Timestamp, end: pd.Timestamp, tz: ZoneI
 
 def _scheduler_source() -> DataSource:
     name, source_type = SCHEDULER_SOURCE
-    source = (
-        db.session.execute(select(DataSource).filter(DataSource.name == name, DataSource.type == source_type))
-        .scalars()
-        .first()
-    )
+    source = find_source(name, source_type)
     if source is None:
         source = DataSource(name=name, type=source_type)
         db.session.add(source)

@@ -57,7 +57,12 @@ from sqlalchemy import select, text
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import SOURCE_VTN
-from flexmeasures_cariflex.data.services.site_setup import SiteNotReady, require_site, site_sensors
+from flexmeasures_cariflex.data.services.site_setup import (
+    SiteNotReady,
+    find_source,
+    require_site,
+    site_sensors,
+)
 
 LEDGER_KEY = "openadr_events"
 LEDGER_RETENTION = timedelta(days=7)
@@ -384,11 +389,7 @@ def _sensors(fleet: Fleet, kind: str) -> dict[str, Sensor]:
 
 def _vtn_source() -> DataSource:
     name, source_type = SOURCE_VTN
-    source = (
-        db.session.execute(select(DataSource).filter(DataSource.name == name, DataSource.type == source_type))
-        .scalars()
-        .first()
-    )
+    source = find_source(name, source_type)
     if source is None:
         raise SiteNotReady(f"data source '{name}' does not exist; run `flexmeasures cariflex setup` first")
     return source

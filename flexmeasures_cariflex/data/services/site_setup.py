@@ -56,13 +56,17 @@ def _account(name: str, report: SetupReport) -> Account:
     return account
 
 
-def _data_source(name: str, source_type: str, report: SetupReport) -> None:
-    found = (
+def find_source(name: str, source_type: str) -> DataSource | None:
+    """A data source by name and type (names alone are not unique in FlexMeasures)."""
+    return (
         db.session.execute(select(DataSource).filter(DataSource.name == name, DataSource.type == source_type))
         .scalars()
         .first()
     )
-    if found is None:
+
+
+def _data_source(name: str, source_type: str, report: SetupReport) -> None:
+    if find_source(name, source_type) is None:
         db.session.add(DataSource(name=name, type=source_type))
         report.created.append(f"data source '{name}'")
     else:
