@@ -85,6 +85,21 @@ class EVCharger:
     departure: time  # local time it leaves
     departure_soc_pct: float  # energy it must leave with, as % of battery_capacity
     bidirectional: bool = True
+    arrival_soc_pct: float = 40.0  # energy a car usually brings when it plugs in
+
+    @property
+    def plugged_hours(self) -> float:
+        """Hours from arrival to departure (past midnight when it leaves the next morning)."""
+        minutes = (self.departure.hour - self.arrival.hour) * 60 + self.departure.minute - self.arrival.minute
+        return (minutes % (24 * 60)) / 60
+
+    @property
+    def departure_need_kwh(self) -> float:
+        return self.battery_capacity_kwh * self.departure_soc_pct / 100
+
+    @property
+    def arrival_kwh(self) -> float:
+        return self.battery_capacity_kwh * self.arrival_soc_pct / 100
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ _EV: list[_Spec] = [
     ("departure", "departure", "clock", True),
     ("departure_soc", "departure_soc_pct", "fraction", True),
     ("bidirectional", "bidirectional", "bool", False),
+    ("arrival_soc", "arrival_soc_pct", "fraction", False),
 ]
 _WEATHER: list[_Spec] = [
     ("name", "name", "name", True),
@@ -291,6 +307,18 @@ def _cross_checks(checker: _Checker, fleet_parts: dict[str, Any]) -> None:
                 checker.fail(where, key, "must be more than 0")
         if ev.arrival == ev.departure:
             checker.fail(where, "departure", "must differ from arrival")
+        elif ev.power_kw and ev.battery_capacity_kwh:
+            gap = ev.departure_need_kwh - ev.arrival_kwh
+            deliverable = ev.power_kw * ev.plugged_hours
+            if gap > deliverable + 1e-9:
+                checker.fail(
+                    where,
+                    "departure_soc",
+                    f"{ev.departure_soc_pct:g} % of {ev.battery_capacity_kwh:g} kWh needs {gap:g} kWh more "
+                    f"than the car arrives with ({ev.arrival_soc_pct:g} %), but its {ev.power_kw:g} kW "
+                    f"charger delivers at most {deliverable:g} kWh between {ev.arrival:%H:%M} and "
+                    f"{ev.departure:%H:%M}",
+                )
     for index, pv in enumerate(fleet_parts.get("pv") or []):
         if pv is not None and pv.peak_power_kw == 0:
             checker.fail(f"pv[{index}] device '{pv.name}'", "peak_power", "must be more than 0 kW")

@@ -34,7 +34,7 @@ SAFE_SECURITY_SETTINGS: dict[str, Any] = {
 }
 
 # HiGHS without limits can outlive the job timeout on a 20-device MIP (FlexMeasures #2504).
-LP_SOLVER_OPTIONS = {"time_limit": 15.0, "mip_rel_gap": 0.01}
+LP_SOLVER_OPTIONS = {"time_limit": 15.0, "mip_rel_gap": 0.01, "output_flag": "false"}
 
 
 def database_url() -> str:

@@ -20,7 +20,8 @@ mode always agree with the FRBC model.
 EV chargers: by default the car is plugged in all the time (``presence="always"``). With
 ``presence="schedule"`` the car follows the fleet's arrival/departure times (site local time): while
 it is away the charger reports 0 W, the fill level it had when it left, and only mode "off" may be
-instructed; at departure the charger switches to "off"; each arrival brings a car at 40 %.
+instructed; at departure the charger switches to "off"; each arrival brings a car at the fleet's
+arrival_soc (40 % unless set).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from cariflex.s2.devices import POWER, DeviceModel, battery_model, ev_model
 from cariflex.s2.validation import check_instruction, element_at
 
 BATTERY_START = 0.5  # initial fill level, fraction of capacity
-EV_START = 0.4  # initial fill level and the fill level every arriving car brings
 BATTERY_SELF_DISCHARGE_W = 50.0
 PRESENCE_CHOICES = ("always", "schedule")
 
@@ -105,7 +105,7 @@ class SimDevice:
             name=ev.name,
             kind="ev",
             model=model,
-            fill_level=model.capacity_kwh * EV_START,
+            fill_level=ev.arrival_kwh,  # the fleet's arrival_soc
             idle_mode_id=model.mode("off").id,
             ev=ev,
             timezone=ZoneInfo(timezone) if presence == "schedule" else None,
@@ -206,7 +206,7 @@ class SimDevice:
             return False
         self.present = present
         if present:
-            self.fill_level = self.capacity * EV_START
+            self.fill_level = self.ev.arrival_kwh
         else:
             self.go_idle(now)
         return True

@@ -158,3 +158,24 @@ def test_loader_does_not_mutate_its_input():
     before = copy.deepcopy(data)
     parse_fleet(data, "x.yaml")
     assert data == before
+
+
+def test_ev_need_beyond_what_its_charger_delivers_before_departure_is_refused(tmp_path):
+    data = small_data()
+    # ev_02: 40 kWh car, 90 % by 07:00, arrives with 40 %: 20 kWh to add; a 2 kW charger from 05:00
+    # delivers at most 4 kWh.
+    data["ev_chargers"][1].update({"power": "2 kW", "arrival": "05:00"})
+    with pytest.raises(FleetError) as refused:
+        load_fleet(write(tmp_path, data))
+    message = str(refused.value)
+    assert "ev_chargers[1] device 'ev_02', field 'departure_soc'" in message
+    assert "needs 20 kWh more" in message and "delivers at most 4 kWh between 05:00 and 07:00" in message
+
+
+def test_ev_arrival_soc_defaults_to_40_percent_and_can_be_set(tmp_path):
+    data = small_data()
+    data["ev_chargers"][0]["arrival_soc"] = "25 %"
+    fleet = load_fleet(write(tmp_path, data))
+    assert fleet.ev_chargers[0].arrival_kwh == 15.0  # 25 % of 60 kWh
+    assert fleet.ev_chargers[1].arrival_soc_pct == 40.0
+    assert fleet.ev_chargers[1].plugged_hours == 13.0  # 18:00 -> 07:00

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 import timely_beliefs as tb
-import yaml
 from flexmeasures.data.models.data_sources import DataSource
 from flexmeasures.data.models.time_series import TimedBelief
 from flexmeasures.data.utils import save_to_db
@@ -187,24 +186,29 @@ def test_dry_run_writes_nothing_and_cli_prints_summary(site, fm_db, cli):
     assert "Error: " in refused.output
 
 
-def test_unreachable_ev_need_is_a_breach_not_a_crash(app, cli, fm_db, tmp_path):
-    app.config["FLEXMEASURES_LP_SOLVER_OPTIONS"] = LP_SOLVER_OPTIONS
-    data = yaml.safe_load(SMALL.read_text())
-    # ev_02: 11 kW charger, 40 kWh car, 90 % by 07:00 — made a 2 kW charger plugged in from 05:00.
-    data["ev_chargers"][1].update({"power": "2 kW", "arrival": "05:00"})
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert cli("cariflex", "setup", "--fleet", str(path)).exit_code == 0
-    fleet = load_fleet(path)
+def test_cap_below_what_departures_need_gives_a_schedule_with_named_breaches(site, fm_db):
+    """A 0 % load-control limit all day with empty batteries: no EV can charge. The schedule is still
+    made and saved (site import 0), and every EV short of its need is reported with the amount."""
+    fleet = site
     start = midnight()
     prices(fleet, start, lambda h: 100)
+    write(fleet, "load_control_signal", {start + pd.Timedelta(minutes=15 * q): 0.0 for q in range(96)})
+    for bat in fleet.batteries:
+        empty = {start - pd.Timedelta(minutes=1): bat.capacity_kwh * 0.1}
+        write(fleet, f"{bat.name}_soc", empty, "Simulator")
 
-    result = compute_fleet_schedule(fleet, start.to_pydatetime(), dry_run=True)
+    result = compute_fleet_schedule(fleet, start.to_pydatetime())
+    fm_db.session.commit()
     assert result.ok, result.infeasible
-    # 20 kWh at start (50 % fallback) + at most 2 kW x 2 h: far from the 36 kWh it needs.
-    assert len(result.breaches) == 1
-    assert result.breaches[0].startswith("ev_02: leaves at")
-    assert "needs 36 kWh" in result.breaches[0]
+    assert any("solved again with soft minima" in n for n in result.notes)
+    assert result.beliefs_saved == 20 * 24 * 60
+    total = sum(stored(fm_db, fleet, name) for name in result.devices)
+    assert total.max() <= 1e-3  # the cap holds in every period
+    short = {line.split(":")[0] for line in result.breaches}
+    workplace = {ev.name for ev in fleet.ev_chargers if ev.arrival < ev.departure}
+    assert workplace <= short
+    for line in result.breaches:
+        assert "needs" in line and "kWh short" in line, line
 
 
 def test_infeasible_problem_is_reported_not_raised(site, fm_db, monkeypatch):

@@ -372,6 +372,7 @@ def test_api_ingests_then_answers_already_ingested(app, fm_db, token):
         "event_id": "evt-lc-1",
         "modification_number": 0,
         "written": {"load_control_signal": 17, "demand_response_signal": 17},
+        "changed": ["load_control_signal", "demand_response_signal"],
     }
     before = belief_count(fm_db)
     again = post_event(app, token, lc_event())
@@ -452,3 +453,13 @@ def test_future_modification_time_and_wrong_types_are_refused(fm_db, fleet):
         ingest_event({**lc_event(), "signal_type": ["x-loadControlCapacity"]}, fleet)
     with pytest.raises(IngestError, match="out of range|more than 10 years"):
         ingest_event(lc_event(modified=datetime(9999, 12, 31, 23, tzinfo=UTC)), fleet)
+
+
+def test_same_prices_in_a_new_modification_are_written_but_change_nothing(fm_db, fleet):
+    first = ingest(fm_db, fleet, price_event())
+    assert first.changed == ["consumption_price"]
+    same = ingest(fm_db, fleet, price_event(number=1, modified=MODIFIED + HOUR))
+    assert same.status == "ingested" and same.written == {"consumption_price": 24}
+    assert same.changed == []  # nothing to re-plan for
+    dearer = ingest(fm_db, fleet, price_event(number=2, modified=MODIFIED + 2 * HOUR, prices=[0.3] * 24))
+    assert dearer.changed == ["consumption_price"]

@@ -31,12 +31,9 @@ so concurrent posts are applied one after the other. A modification number not n
 ledger's is answered "already-ingested" and writes nothing. Entries whose event ended more than
 seven days ago are pruned.
 
-Beliefs are written with one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` on the
-timed_belief table instead of ``save_to_db`` (whose unchanged-belief check is O(n*m); reference
-section 1.2): ~0.2 s for the 6,000 rows of a 31-day load-control event. A conflict means the same
-sensor, slot, source and belief time, which only another message carrying the very same
-modification_date_time can produce; the later-ingested one knows more (the ledger has applied
-the other already), so it replaces the value.
+Beliefs are written in bulk (``beliefs.insert_beliefs``: one statement, not ``save_to_db``).
+The result names the sensors whose believed values changed (``changed``): re-planning follows
+those only, so the same prices sent twice cause one schedule, not two.
 """
 
 from __future__ import annotations
@@ -48,15 +45,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import isodate
-import pandas as pd
 from flexmeasures.data import db
 from flexmeasures.data.models.data_sources import DataSource
 from flexmeasures.data.models.generic_assets import GenericAsset
-from flexmeasures.data.models.time_series import Sensor, TimedBelief
-from sqlalchemy import select, text
+from flexmeasures.data.models.time_series import Sensor
+from sqlalchemy import select
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import SOURCE_VTN
+from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
 from flexmeasures_cariflex.data.services.site_setup import (
     SiteNotReady,
     find_source,
@@ -147,6 +144,7 @@ class IngestResult:
     status: str  # "ingested" | "already-ingested"
     written: dict[str, int] = field(default_factory=dict)  # beliefs per sensor name
     ingested_modification_number: int | None = None  # for "already-ingested": what the ledger has
+    changed: list[str] = field(default_factory=list)  # sensors whose believed values changed
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -156,6 +154,7 @@ class IngestResult:
         }
         if self.status == "ingested":
             out["written"] = dict(self.written)
+            out["changed"] = list(self.changed)
         else:
             out["ingested_modification_number"] = self.ingested_modification_number
         return out
@@ -488,44 +487,23 @@ def _load_control_values(
     return {LOAD_CONTROL_SENSOR: levels, DR_SENSOR: flags}
 
 
-# One statement for any number of beliefs: the columns travel as five arrays (unnest), so neither
-# SQLAlchemy (compiling a bind parameter per value) nor psycopg2 (executemany = a round trip per
-# row) costs time per row. Same transaction as the session.
-_INSERT_BELIEFS = text(
-    f"""
-    INSERT INTO {TimedBelief.__tablename__}
-        (event_start, belief_horizon, cumulative_probability, event_value, sensor_id, source_id)
-    SELECT event_start, belief_horizon, 0.5, event_value, sensor_id, :source_id
-    FROM unnest(
-        CAST(:event_starts AS timestamptz[]), CAST(:belief_horizons AS interval[]),
-        CAST(:event_values AS double precision[]), CAST(:sensor_ids AS integer[])
-    ) AS rows (event_start, belief_horizon, event_value, sensor_id)
-    ON CONFLICT (event_start, belief_horizon, cumulative_probability, sensor_id, source_id)
-    DO UPDATE SET event_value = EXCLUDED.event_value
+def _changes(values: dict[Sensor, dict[datetime, float]]) -> list[str]:
+    """Names of the sensors where a written value differs from the one believed until now.
+
+    Re-planning follows only real changes: a VTN re-sending the same prices in a new modification
+    writes new beliefs (newer belief time) but changes nothing to plan for.
     """
-)
-
-
-def _write(values: dict[Sensor, dict[datetime, float]], source: DataSource, belief_time: datetime) -> None:
-    columns: dict[str, list[Any]] = {
-        "event_starts": [],
-        "belief_horizons": [],
-        "event_values": [],
-        "sensor_ids": [],
-    }
-    for sensor, by_slot in values.items():
-        if not by_slot:
-            continue
-        starts = pd.DatetimeIndex(list(by_slot))
-        # What timely-beliefs does for TimedBelief(belief_time=...): horizon = knowledge time -
-        # belief time; for these ex-post sensors the knowledge time is slot start + resolution.
-        horizons = sensor.knowledge_time(starts, sensor.event_resolution) - belief_time
-        columns["event_starts"].extend(by_slot)
-        columns["belief_horizons"].extend(horizons.to_pytimedelta())
-        columns["event_values"].extend(by_slot.values())
-        columns["sensor_ids"].extend([sensor.id] * len(by_slot))
-    if columns["event_starts"]:
-        db.session.execute(_INSERT_BELIEFS, {**columns, "source_id": source.id})
+    written = [sensor for sensor, by_slot in values.items() if by_slot]
+    if not written:
+        return []
+    low = min(min(values[s]) for s in written)
+    high = max(max(values[s]) for s in written) + max(s.event_resolution for s in written)
+    before = latest_values(written, low, high)
+    return [
+        sensor.name
+        for sensor in written
+        if any(before[sensor.id].get(slot) != value for slot, value in values[sensor].items())
+    ]
 
 
 def _pruned(ledger: dict[str, dict[str, Any]], now: datetime, keep: str) -> dict[str, dict[str, Any]]:
@@ -586,7 +564,9 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
         by_name = {PRICE_SENSOR: _price_values(parsed, sensors[PRICE_SENSOR])}
     else:
         by_name = _load_control_values(parsed, previous, ledger, sensors)
-    _write({sensors[name]: values for name, values in by_name.items()}, source, parsed.modified)
+    by_sensor = {sensors[name]: values for name, values in by_name.items()}
+    changed = _changes(by_sensor)
+    insert_beliefs(by_sensor, source, parsed.modified)
 
     ledger = _pruned(ledger, now or datetime.now(UTC), keep=parsed.event_id)
     asset.attributes = {**(asset.attributes or {}), LEDGER_KEY: ledger}  # reassign: tracked
@@ -596,4 +576,5 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
         parsed.modification_number,
         "ingested",
         written={name: len(values) for name, values in by_name.items()},
+        changed=changed,
     )

@@ -1,0 +1,229 @@
+"""In-process compute and save time of the fleet schedule, by fleet size.
+
+For fleets of 1, 20 (10 batteries + 10 EVs: the Cariflex site), 50 and 100 devices, each on its own
+site in one fresh database (CARIFLEX_TEST_DATABASE_URL, else 127.0.0.1:5432, else an embedded
+server): 24 h at 15 min with a day/evening price curve and a 60 % load-control limit 18:00-22:00;
+`compute_fleet_schedule` is run ``--repeat`` times (median reported), each run saved and committed.
+For comparison, the 20 devices are also scheduled as 20 separate single-device runs (the way a
+per-device trigger would), summed per round.
+
+Prints one JSON line. Goal: 20 devices <= 1.5 s compute + save.
+
+    .venv/bin/python bench/fleet_schedule.py [--repeat 5] [--sizes 1,20,50,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+
+from bench.common import print_result  # noqa: E402
+from cariflex import database  # noqa: E402
+from cariflex.fleet import Fleet, parse_fleet  # noqa: E402
+from tests.conftest import LOCAL_SERVER  # noqa: E402
+
+TZ = ZoneInfo("America/Martinique")
+
+
+def server_url(folder: Path) -> str:
+    configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
+    if configured:
+        return database.to_psycopg2(configured)
+    if database.reachable(LOCAL_SERVER):
+        return LOCAL_SERVER
+    return database.embedded_server_url(folder / "pgdata")
+
+
+def fleet_of(devices: int) -> Fleet:
+    """Half batteries, half EV chargers (one battery for a single device), site sized to match."""
+    evs = devices // 2
+    batteries = devices - evs
+    return parse_fleet(
+        {
+            "site": {
+                "name": f"Bench site {devices}",
+                "account": "Bench",
+                "latitude": 14.6,
+                "longitude": -61.0,
+                "timezone": "America/Martinique",
+                "capacity": f"{30 * devices} kW",
+            },
+            "weather_station": {"name": "weather_station", "latitude": 14.6, "longitude": -61.0},
+            "grid_signals": {"name": "grid_signals"},
+            "pv": [],
+            "batteries": [
+                {
+                    "name": f"bat_{i:03d}",
+                    "capacity": "100 kWh",
+                    "power": "50 kW",
+                    "soc_min": "10 %",
+                    "soc_max": "95 %",
+                    "roundtrip_efficiency": "90 %",
+                }
+                for i in range(1, batteries + 1)
+            ],
+            "ev_chargers": [
+                {
+                    "name": f"ev_{i:03d}",
+                    "power": "22 kW",
+                    "battery_capacity": "60 kWh",
+                    "arrival": "08:00" if i % 2 else "18:00",
+                    "departure": "17:00" if i % 2 else "07:00",
+                    "departure_soc": "80 %",
+                }
+                for i in range(1, evs + 1)
+            ],
+        },
+        f"<bench fleet of {devices}>",
+    )
+
+
+def price(hour: int) -> float:
+    return 0.30 if 18 <= hour < 21 else (0.08 if hour < 6 else 0.16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", default="1,20,50,100")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    logging.disable(logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as folder:
+        url = database.with_database(server_url(Path(folder)), f"cariflex_bench_{uuid.uuid4().hex[:8]}")
+        database.create_database(url)
+        os.environ["SQLALCHEMY_TEST_DATABASE_URI"] = url
+        os.environ["CARIFLEX_VAR_DIR"] = folder
+        os.environ.pop("FLEXMEASURES_PLUGINS", None)
+        try:
+            results = run(sizes, args.repeat)
+        finally:
+            database.drop_database(url)
+    twenty = results.get("20", {}).get("total_s", float("inf"))
+    print_result("fleet_schedule", results, "20_devices_compute_plus_save_s", round(twenty, 3), 1.5)
+
+
+def run(sizes: list[int], repeat: int) -> dict:
+    from flexmeasures.app import create
+    from flexmeasures.data import db
+
+    from flexmeasures_cariflex.config import LP_SOLVER_OPTIONS, patch_flexmeasures_defaults
+    from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
+    from flexmeasures_cariflex.data.services.openadr_ingest import ingest_event
+    from flexmeasures_cariflex.data.services.site_setup import setup_site
+
+    patch_flexmeasures_defaults()
+    app = create(env="testing", plugins=["flexmeasures_cariflex"])
+    app.config["FLEXMEASURES_LP_SOLVER_OPTIONS"] = LP_SOLVER_OPTIONS
+    results: dict = {}
+    start = pd.Timestamp(datetime.now(TZ).date() + timedelta(days=2), tz=TZ)
+    with app.app_context():
+        db.create_all()
+        for size in sizes:
+            fleet = fleet_of(size)
+            setup_site(fleet)
+            db.session.commit()
+            ingest_event(price_event(start), fleet)
+            ingest_event(load_control_event(start), fleet)
+            db.session.commit()
+            results[str(size)] = measure(lambda f=fleet: compute_fleet_schedule(f, start), repeat)
+            if size == 20:
+                results["20_single_device_runs"] = measure_singles(fleet, start, repeat)
+        db.session.remove()
+        db.engine.dispose()
+    return results
+
+
+def measure(run_once, repeat: int) -> dict:
+    from flexmeasures.data import db
+
+    compute, save, beliefs = [], [], 0
+    for _ in range(repeat):
+        result = run_once()
+        assert result.ok, result.infeasible
+        db.session.commit()
+        compute.append(result.compute_seconds)
+        save.append(result.save_seconds)
+        beliefs = result.beliefs_saved
+    return {
+        "compute_s": round(statistics.median(compute), 3),
+        "save_s": round(statistics.median(save), 3),
+        "total_s": round(statistics.median(c + s for c, s in zip(compute, save, strict=True)), 3),
+        "beliefs_per_run": beliefs,
+    }
+
+
+def measure_singles(fleet: Fleet, start: pd.Timestamp, repeat: int) -> dict:
+    """The same 20 devices, each scheduled alone (no shared site limit), summed per round."""
+    from dataclasses import replace
+
+    from flexmeasures.data import db
+
+    from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
+
+    rounds = []
+    for _ in range(repeat):
+        compute = save = 0.0
+        for device in (*fleet.batteries, *fleet.ev_chargers):
+            is_battery = device in fleet.batteries
+            single = replace(
+                fleet,
+                batteries=[device] if is_battery else [],
+                ev_chargers=[] if is_battery else [device],
+            )
+            result = compute_fleet_schedule(single, start)
+            assert result.ok, result.infeasible
+            db.session.commit()
+            compute += result.compute_seconds
+            save += result.save_seconds
+        rounds.append((compute, save))
+    return {
+        "compute_s": round(statistics.median(c for c, _ in rounds), 3),
+        "save_s": round(statistics.median(s for _, s in rounds), 3),
+        "total_s": round(statistics.median(c + s for c, s in rounds), 3),
+    }
+
+
+def price_event(start: pd.Timestamp) -> dict:
+    return openadr_event("bench-prices", "ELECTRICITY_PRICE", start, [price(h) for h in range(24)], "PT1H")
+
+
+def load_control_event(start: pd.Timestamp) -> dict:
+    return openadr_event("bench-lc", "LOAD_CONTROL", start + pd.Timedelta(hours=18), [0.6], "PT4H")
+
+
+def openadr_event(event_id: str, signal: str, start: pd.Timestamp, values: list[float], step: str) -> dict:
+    """An event as the VEN bridge posts it (ven_bridge.policy's normalised form)."""
+    duration = pd.Timedelta(step)
+    return {
+        "event_id": event_id,
+        "modification_number": 0,
+        "status": "far",
+        "modification_date_time": (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)).isoformat(),
+        "signal_name": signal,
+        "signal_type": "price" if signal == "ELECTRICITY_PRICE" else "x-loadControlCapacity",
+        "item_base": {"name": "currencyPerKWh", "unit": "EUR", "scale": "none"}
+        if signal == "ELECTRICITY_PRICE"
+        else None,
+        "intervals": [
+            {"start": (start + i * duration).isoformat(), "duration": step, "value": value}
+            for i, value in enumerate(values)
+        ],
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Writing and reading beliefs in bulk, for the ingestion and the scheduler alike.
+
+Why not ``save_to_db``: it builds one ORM object per row and compares it with what is stored
+(O(n*m); reference section 1.2): 28,800 one-minute schedule rows took ~1.5 s, a 31-day load-control
+event more. Here the columns travel as four arrays in one ``INSERT ... SELECT FROM unnest(...)``
+statement, so neither SQLAlchemy (a bind parameter per value) nor psycopg2 (executemany = a round
+trip per row) costs time per row: ~0.2 s for 28,800 rows. It runs in the session's transaction
+(the caller commits).
+
+A conflict means the same sensor, slot, source and belief time, which only a second write with the
+very same belief time can produce; the later write knows more, so it replaces the value.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from datetime import datetime
+
+import pandas as pd
+from flexmeasures.data import db
+from flexmeasures.data.models.data_sources import DataSource
+from flexmeasures.data.models.time_series import Sensor, TimedBelief
+from sqlalchemy import text
+
+_INSERT_BELIEFS = text(
+    f"""
+    INSERT INTO {TimedBelief.__tablename__}
+        (event_start, belief_horizon, cumulative_probability, event_value, sensor_id, source_id)
+    SELECT event_start, belief_horizon, 0.5, event_value, sensor_id, :source_id
+    FROM unnest(
+        CAST(:event_starts AS timestamptz[]), CAST(:belief_horizons AS interval[]),
+        CAST(:event_values AS double precision[]), CAST(:sensor_ids AS integer[])
+    ) AS rows (event_start, belief_horizon, event_value, sensor_id)
+    ON CONFLICT (event_start, belief_horizon, cumulative_probability, sensor_id, source_id)
+    DO UPDATE SET event_value = EXCLUDED.event_value
+    """
+)
+
+_LATEST_VALUES = text(
+    f"""
+    SELECT DISTINCT ON (sensor_id, event_start) sensor_id, event_start, event_value
+    FROM {TimedBelief.__tablename__}
+    WHERE sensor_id = ANY(CAST(:sensor_ids AS integer[]))
+      AND event_start >= :start AND event_start < :end
+    ORDER BY sensor_id, event_start, belief_horizon ASC
+    """
+)
+
+
+def insert_beliefs(
+    values: Mapping[Sensor, pd.Series | Mapping[datetime, float]],
+    source: DataSource,
+    belief_time: datetime,
+    *,
+    fresh: bool = False,
+) -> int:
+    """Store the values (event start -> value, per sensor) as beliefs formed at ``belief_time``.
+
+    ``fresh``: the caller guarantees no stored belief has this source and belief time (a new belief
+    time per scheduler run), so the rows go in by COPY, ~2.5x faster than the INSERT, with no
+    conflict handling (a conflict would fail the transaction, writing nothing).
+    """
+    frames = []
+    for sensor, by_slot in values.items():
+        series = by_slot if isinstance(by_slot, pd.Series) else pd.Series(dict(by_slot), dtype=float)
+        if series.empty:
+            continue
+        starts = pd.DatetimeIndex(series.index)
+        # What timely-beliefs does for TimedBelief(belief_time=...): horizon = knowledge time -
+        # belief time, the knowledge time following the sensor's own knowledge-horizon rule.
+        horizons = sensor.knowledge_time(starts, sensor.event_resolution) - pd.Timestamp(belief_time)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "event_start": starts.tz_convert("UTC"),
+                    "belief_horizon": pd.TimedeltaIndex(horizons),
+                    "event_value": series.to_numpy(dtype=float),
+                    "sensor_id": sensor.id,
+                }
+            )
+        )
+    if not frames:
+        return 0
+    rows = pd.concat(frames, ignore_index=True)
+    if fresh:
+        _copy(rows, source)
+    else:
+        db.session.execute(
+            _INSERT_BELIEFS,
+            {
+                "event_starts": list(rows["event_start"].dt.to_pydatetime()),
+                "belief_horizons": list(rows["belief_horizon"].dt.to_pytimedelta()),
+                "event_values": rows["event_value"].tolist(),
+                "sensor_ids": rows["sensor_id"].tolist(),
+                "source_id": source.id,
+            },
+        )
+    return len(rows)
+
+
+def _copy(rows: pd.DataFrame, source: DataSource) -> None:
+    """COPY the rows on the session's own connection (same transaction)."""
+    table = pd.DataFrame(
+        {
+            "event_start": rows["event_start"].dt.strftime("%Y-%m-%d %H:%M:%S.%f+00"),
+            "belief_horizon": rows["belief_horizon"].dt.total_seconds().map("{:.6f} seconds".format),
+            "cumulative_probability": 0.5,
+            "event_value": rows["event_value"].map(repr),
+            "sensor_id": rows["sensor_id"],
+            "source_id": source.id,
+        }
+    )
+    buffer = io.StringIO(table.to_csv(sep="\t", header=False, index=False))
+    cursor = db.session.connection().connection.cursor()
+    try:
+        cursor.copy_expert(
+            f"COPY {TimedBelief.__tablename__} ({', '.join(table.columns)}) FROM STDIN", buffer
+        )
+    finally:
+        cursor.close()
+
+
+def latest_values(sensors: list[Sensor], start: datetime, end: datetime) -> dict[int, dict[datetime, float]]:
+    """The most recent belief's value per sensor id and event start in [start, end), any source.
+
+    For one sensor and event, the most recent belief is the one with the shortest horizon.
+    """
+    rows = db.session.execute(
+        _LATEST_VALUES, {"sensor_ids": [s.id for s in sensors], "start": start, "end": end}
+    ).all()
+    found: dict[int, dict[datetime, float]] = {s.id: {} for s in sensors}
+    for sensor_id, event_start, value in rows:
+        found[sensor_id][event_start] = value
+    return found
