@@ -39,6 +39,14 @@ VARIABLES: tuple[Variable, ...] = (
         "when reachable, else embedded",
     ),
     Variable("CARIFLEX_REDIS_URL", None, "redis://host:port/db; unset = schedules run in-process"),
+    Variable(
+        "CARIFLEX_REPLAN_DEBOUNCE_S",
+        "2",
+        "seconds without new prices or limits before a re-plan runs (a burst gives one run); -1 = off",
+    ),
+    Variable(
+        "CARIFLEX_SCHEDULE_HORIZON", "PT24H", "fleet schedule horizon on re-plans (cut to known prices)"
+    ),
     Variable("CARIFLEX_SECRET_KEY", None, "Flask secret key; unset = generated under var/"),
     Variable("CARIFLEX_FLEET_FILE", None, "fleet description YAML; unset = the packaged Cariflex fleet"),
     Variable("CARIFLEX_FM_BIND", "127.0.0.1:5000", "address the FlexMeasures server listens on"),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cariflex import database
+from cariflex.fleet import load_fleet
 
 LOCAL_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,8 @@ def app(test_db_url, tmp_path_factory):
     patch_flexmeasures_defaults()
     flask_app = create(env="testing", plugins=["flexmeasures_cariflex"])
     flask_app.test_cli_runner_class = CustomFlaskCliRunner
+    # Re-planning after ingestion is off unless a test turns it on (tests/test_replan.py).
+    flask_app.config["CARIFLEX_REPLAN_DEBOUNCE_S"] = -1
     with flask_app.app_context():
         db.create_all()
         yield flask_app
@@ -113,3 +116,36 @@ def vtn_store_url(request, tmp_path_factory, new_database) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('vtn') / 'vtn.sqlite'}"
     return new_database("cariflex_vtn_test")
+
+
+# --- the Cariflex site and the VEN's API access (ingestion, re-planning, schedule) ------------
+
+
+@pytest.fixture
+def fleet(cli):
+    result = cli("cariflex", "setup")
+    assert result.exit_code == 0, result.output
+    return load_fleet()
+
+
+@pytest.fixture
+def token(app, fm_db, fleet):
+    """An auth token of a user with role cariflex-ven."""
+    from flexmeasures_cariflex.data.services.admin_user import ensure_ven_user
+
+    ensure_ven_user("ven@cariflex.example", "ven-secret-1", fleet.site.account)
+    fm_db.session.commit()
+    return request_token(app, "ven@cariflex.example", "ven-secret-1")
+
+
+def call(app, method: str, url: str, **kwargs):
+    """One HTTP request in its own app context, as in a server: the fixture's app context (and its
+    `g`, where Flask-Login caches the current user) must not leak from one request into the next."""
+    with app.app_context():
+        return app.test_client().open(url, method=method, **kwargs)
+
+
+def request_token(app, email: str, password: str) -> str:
+    response = call(app, "POST", "/api/requestAuthToken", json={"email": email, "password": password})
+    assert response.status_code == 200, response.json
+    return response.json["auth_token"]

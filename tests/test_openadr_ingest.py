@@ -15,8 +15,9 @@ from flexmeasures.data.models.user import User
 from sqlalchemy import func, select
 
 from cariflex.fleet import load_fleet
-from flexmeasures_cariflex.data.services.admin_user import ensure_user, ensure_ven_user
+from flexmeasures_cariflex.data.services.admin_user import ensure_user
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, ingest_event
+from tests.conftest import call, request_token
 
 QUARTER, HOUR = timedelta(minutes=15), timedelta(hours=1)
 # Tomorrow 00:00 in Martinique (UTC-4, no DST), so nothing here is older than the ledger keeps.
@@ -65,13 +66,6 @@ def lc_event(
         ],
     }
     return {**event, **changes}
-
-
-@pytest.fixture
-def fleet(cli):
-    result = cli("cariflex", "setup")
-    assert result.exit_code == 0, result.output
-    return load_fleet()
 
 
 def ingest(fm_db, fleet, event, **kwargs):
@@ -294,27 +288,6 @@ BAD_EVENTS = {
 }
 
 
-@pytest.fixture
-def token(app, fm_db, fleet):
-    """An auth token of a user with role cariflex-ven."""
-    ensure_ven_user("ven@cariflex.example", "ven-secret-1", fleet.site.account)
-    fm_db.session.commit()
-    return request_token(app, "ven@cariflex.example", "ven-secret-1")
-
-
-def call(app, method: str, url: str, **kwargs):
-    """One HTTP request in its own app context, as in a server: the fixture's app context (and its
-    `g`, where Flask-Login caches the current user) must not leak from one request into the next."""
-    with app.app_context():
-        return app.test_client().open(url, method=method, **kwargs)
-
-
-def request_token(app, email: str, password: str) -> str:
-    response = call(app, "POST", "/api/requestAuthToken", json={"email": email, "password": password})
-    assert response.status_code == 200, response.json
-    return response.json["auth_token"]
-
-
 def post_event(app, token: str, body):
     return call(
         app,
@@ -373,6 +346,7 @@ def test_api_ingests_then_answers_already_ingested(app, fm_db, token):
         "modification_number": 0,
         "written": {"load_control_signal": 17, "demand_response_signal": 17},
         "changed": ["load_control_signal", "demand_response_signal"],
+        "replan": True,
     }
     before = belief_count(fm_db)
     again = post_event(app, token, lc_event())

@@ -4,12 +4,17 @@ Authentication: a FlexMeasures auth token (``POST /api/requestAuthToken``) sent 
 ``Authorization: <token>`` header; the user needs the role ``cariflex-ven`` or ``admin``.
 
 - ``POST /openadr/events``: one normalised OpenADR event (see ``openadr_ingest``).
-  200 ``{"status": "ingested", "event_id", "modification_number", "written": {sensor: n}}``
+  200 ``{"status": "ingested", "event_id", "modification_number", "written": {sensor: n},
+  "changed": [sensor, ...], "replan": bool}`` (``replan``: prices or limits changed, so a new
+  fleet schedule follows, debounced; see ``replan``)
   200 ``{"status": "already-ingested", "event_id", "modification_number",
   "ingested_modification_number"}``; 400 ``{"message"}`` when the body is not a JSON object;
   422 ``{"message"}`` when the event is refused (nothing written); 503 ``{"message"}`` when the
   site is not set up. 401 / 403 from FlexMeasures' auth handlers.
 - ``GET /sensors``: ``{"sensors": {name: id}}`` for every sensor of the site.
+- ``GET /schedule?hours=4``: the fleet schedule the VEN bridge follows (see ``get_schedule``):
+  ``{"version", "ok", "breaches", "start", "resolution": "PT15M", "unit": "kW",
+  "devices": {name: [kW per period, charging positive, or null]}}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cariflex.fleet import Fleet, FleetError, load_fleet
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.data.services.admin_user import VEN_ROLE
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
+from flexmeasures_cariflex.data.services.replan import current_schedule, request_replan
 from flexmeasures_cariflex.data.services.site_setup import site_sensors
 
 
@@ -62,6 +68,8 @@ def post_openadr_event():
         db.session.rollback()
         raise
     current_app.logger.info(f"OpenADR {result.summary()}")
+    if result.replan:
+        request_replan(current_fleet())  # debounced: a burst of events gives one schedule
     return jsonify(result.as_dict()), 200
 
 
@@ -74,3 +82,31 @@ def get_sensors():
     except (LookupError, FleetError) as exc:
         return _message(503, str(exc))
     return jsonify(sensors={name: sensor.id for name, sensor in found.items()}), 200
+
+
+@cariflex_api_bp.route("/schedule", methods=["GET"])
+@auth_token_required
+@roles_accepted(VEN_ROLE)
+def get_schedule():
+    """The fleet schedule from the current 15-min period for ``hours`` (default 4, at most 48).
+
+    ETag = schedule version + first period: a VEN asking with If-None-Match gets 304 until a
+    re-plan or the next period boundary.
+    """
+    raw = request.args.get("hours", "4")
+    try:
+        hours = float(raw)
+    except ValueError:
+        return _message(400, f"hours: {raw!r} is not a number")
+    if not 0 < hours <= 48:
+        return _message(400, f"hours: {raw} must be more than 0 and at most 48")
+    try:
+        schedule = current_schedule(current_fleet(), hours)
+    except (LookupError, FleetError) as exc:
+        return _message(503, str(exc))
+    etag = f'"{schedule["version"]}|{schedule["start"]}|{hours:g}"'
+    if request.headers.get("If-None-Match") == etag:
+        return "", 304, {"ETag": etag}
+    response = jsonify(schedule)
+    response.headers["ETag"] = etag
+    return response

@@ -18,6 +18,7 @@ from cariflex.fleet import Fleet, FleetError, load_fleet
 from flexmeasures_cariflex import cariflex_bp
 from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
+from flexmeasures_cariflex.data.services.replan import replan_now
 from flexmeasures_cariflex.data.services.site_setup import setup_site, site_sensors
 
 fleet_option = click.option(
@@ -152,12 +153,16 @@ def ensure_ven_user_command(email: str | None, fleet_file: str | None) -> None:
 
 @cariflex_bp.cli.command("ingest-event")
 @click.argument("event_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--no-replan", is_flag=True, help="Do not re-plan the fleet now, even if prices or limits changed."
+)
 @fleet_option
 @with_appcontext
-def ingest_event_command(event_file: str, fleet_file: str | None) -> None:
+def ingest_event_command(event_file: str, no_replan: bool, fleet_file: str | None) -> None:
     """Ingest one normalised OpenADR event from a JSON file, exactly as the VEN bridge posts it
     to POST /api/cariflex/v1/openadr/events. A replay (same event id and modification number)
-    writes nothing; a refused event writes nothing and exits 1."""
+    writes nothing; a refused event writes nothing and exits 1. When prices or the load-control
+    limit changed, the fleet is re-planned at once (the next request re-plans if --no-replan)."""
     fleet = _load(fleet_file)
     try:
         event = json.loads(Path(event_file).read_text(encoding="utf-8"))
@@ -175,6 +180,25 @@ def ingest_event_command(event_file: str, fleet_file: str | None) -> None:
         db.session.rollback()
         raise
     click.echo(result.summary())
+    if result.replan and not no_replan:
+        _echo_replan(replan_now(fleet))
+
+
+def _echo_replan(status: dict | None) -> None:
+    if status is None:
+        click.echo("Re-plan: the current schedule already includes this change.")
+        return
+    if not status.get("ok"):
+        click.secho(f"Re-plan failed: {status.get('error')}", fg="red", err=True)
+        return
+    click.echo(
+        f"Re-planned {status['start']} - {status['end']} in {status['compute_s']:.2f} s "
+        f"(+{status['save_s']:.2f} s saving), version {status['version']}"
+    )
+    for note in status.get("notes", []):
+        click.echo(f"  note: {note}")
+    for breach in status.get("breaches", []):
+        click.secho(f"  breach: {breach}", fg="yellow")
 
 
 @cariflex_bp.cli.command("schedule")

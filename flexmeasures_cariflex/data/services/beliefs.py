@@ -43,6 +43,7 @@ _LATEST_VALUES = text(
     FROM {TimedBelief.__tablename__}
     WHERE sensor_id = ANY(CAST(:sensor_ids AS integer[]))
       AND event_start >= :start AND event_start < :end
+      AND (CAST(:source_id AS integer) IS NULL OR source_id = :source_id)
     ORDER BY sensor_id, event_start, belief_horizon ASC
     """
 )
@@ -121,13 +122,22 @@ def _copy(rows: pd.DataFrame, source: DataSource) -> None:
         cursor.close()
 
 
-def latest_values(sensors: list[Sensor], start: datetime, end: datetime) -> dict[int, dict[datetime, float]]:
-    """The most recent belief's value per sensor id and event start in [start, end), any source.
+def latest_values(
+    sensors: list[Sensor], start: datetime, end: datetime, source: DataSource | None = None
+) -> dict[int, dict[datetime, float]]:
+    """The most recent belief's value per sensor id and event start in [start, end), of ``source``
+    or any source.
 
     For one sensor and event, the most recent belief is the one with the shortest horizon.
     """
     rows = db.session.execute(
-        _LATEST_VALUES, {"sensor_ids": [s.id for s in sensors], "start": start, "end": end}
+        _LATEST_VALUES,
+        {
+            "sensor_ids": [s.id for s in sensors],
+            "start": start,
+            "end": end,
+            "source_id": None if source is None else source.id,
+        },
     ).all()
     found: dict[int, dict[datetime, float]] = {s.id: {} for s in sensors}
     for sensor_id, event_start, value in rows:

@@ -79,6 +79,7 @@ class FleetScheduleResult:
     notes: list[str] = field(default_factory=list)
     breaches: list[str] = field(default_factory=list)
     infeasible: str | None = None
+    belief_time: datetime | None = None  # of the saved beliefs: the schedule's version
     beliefs_saved: int = 0
     compute_seconds: float = 0.0
     save_seconds: float = 0.0
@@ -251,8 +252,13 @@ def compute_fleet_schedule(  # noqa: C901
     horizon: timedelta = timedelta(hours=24),
     resolution: timedelta = QUARTER,
     dry_run: bool = False,
+    shorten_to_prices: bool = False,
 ) -> FleetScheduleResult:
-    """Schedule every battery and EV charger of the site in one StorageScheduler run."""
+    """Schedule every battery and EV charger of the site in one StorageScheduler run.
+
+    ``shorten_to_prices``: for re-planning from now, end the horizon where the known consumption
+    prices end (day-ahead prices rarely reach 24 h ahead) instead of refusing; a note says so.
+    """
     if horizon <= timedelta(0):
         raise ScheduleRefused(f"the horizon must be positive, got {horizon}")
     if resolution <= timedelta(0) or horizon % resolution:
@@ -283,6 +289,16 @@ def compute_fleet_schedule(  # noqa: C901
     price_start = start_utc.floor(hour)
     consumption = _latest_values(sensors["consumption_price"], price_start, end_utc, belief_time)
     missing = _missing_periods(consumption, price_start, end_utc, hour)
+    if missing and shorten_to_prices and missing[0][0] > start_utc:
+        end_utc = max(start_utc + resolution, missing[0][0].floor(resolution))
+        horizon = end_utc - start_utc
+        grid = pd.date_range(start_utc, end_utc, freq=resolution, inclusive="left")
+        result.end = end_utc.to_pydatetime()
+        result.notes.append(
+            f"horizon shortened to {horizon}: consumption prices are known until "
+            f"{end_utc.tz_convert(tz):%Y-%m-%d %H:%M}"
+        )
+        missing = []
     if missing:
         spans = ", ".join(f"{a.tz_convert(tz):%Y-%m-%d %H:%M}-{b.tz_convert(tz):%H:%M}" for a, b in missing)
         raise ScheduleRefused(
@@ -455,5 +471,6 @@ def compute_fleet_schedule(  # noqa: C901
         values[sensor] = series
     # A new belief time per run: every row is new (see beliefs.insert_beliefs for why not save_to_db).
     result.beliefs_saved = insert_beliefs(values, source, belief_time, fresh=True)
+    result.belief_time = belief_time.to_pydatetime()
     result.save_seconds = time.perf_counter() - began
     return result

@@ -54,6 +54,7 @@ from sqlalchemy import select
 from cariflex.fleet import Fleet
 from cariflex.site_model import SOURCE_VTN
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
+from flexmeasures_cariflex.data.services.replan import mark_replan_needed
 from flexmeasures_cariflex.data.services.site_setup import (
     SiteNotReady,
     find_source,
@@ -145,6 +146,7 @@ class IngestResult:
     written: dict[str, int] = field(default_factory=dict)  # beliefs per sensor name
     ingested_modification_number: int | None = None  # for "already-ingested": what the ledger has
     changed: list[str] = field(default_factory=list)  # sensors whose believed values changed
+    replan: bool = False  # a planning input changed: the fleet schedule is to be re-made
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -155,6 +157,7 @@ class IngestResult:
         if self.status == "ingested":
             out["written"] = dict(self.written)
             out["changed"] = list(self.changed)
+            out["replan"] = self.replan
         else:
             out["ingested_modification_number"] = self.ingested_modification_number
         return out
@@ -570,6 +573,7 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
 
     ledger = _pruned(ledger, now or datetime.now(UTC), keep=parsed.event_id)
     asset.attributes = {**(asset.attributes or {}), LEDGER_KEY: ledger}  # reassign: tracked
+    replan = mark_replan_needed(asset, changed)
     db.session.flush()
     return IngestResult(
         parsed.event_id,
@@ -577,4 +581,5 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
         "ingested",
         written={name: len(values) for name, values in by_name.items()},
         changed=changed,
+        replan=replan,
     )

@@ -1,0 +1,287 @@
+"""Re-planning: a new fleet schedule whenever the prices or the load-control limit change.
+
+Who asks: whatever writes beliefs on ``consumption_price``, ``production_price`` or
+``load_control_signal`` (the OpenADR ingestion endpoint and CLI; later the plugin's own price
+commands) calls ``mark_replan_needed`` in its own transaction when a believed value changed (the
+same prices sent again change nothing and ask for nothing), then ``request_replan`` after commit.
+
+Debounce: the ``Replanner`` of a process waits until no request came for
+CARIFLEX_REPLAN_DEBOUNCE_S (at most 10 x that in a continuous burst), then runs once: in its own
+thread, or, with CARIFLEX_REDIS_URL, as a job on FlexMeasures' "scheduling" queue for
+``flexmeasures jobs run-worker --queue scheduling``.
+
+Across processes (gunicorn workers, RQ workers): requests are numbered in the database (the
+grid-signals asset's ``replan_requested`` counter, bumped in the writer's transaction), and a run
+records the number it planned for on the site asset (``cariflex_schedule``). A run under the
+advisory lock skips when a run already planned for the latest request, so a burst split over two
+workers still gives one schedule.
+
+The outcome of every run (ok, breaches by name and amount, notes, version = belief time) is kept in
+the site asset attribute ``cariflex_schedule``: the VEN bridge reads its version to know when to
+fetch, and the FlexMeasures UI shows it with the asset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import isodate
+import pandas as pd
+from flask import Flask, current_app
+from flexmeasures.data import db
+from flexmeasures.data.models.generic_assets import GenericAsset
+from sqlalchemy import select, text
+
+from cariflex import settings
+from cariflex.fleet import Fleet
+from flexmeasures_cariflex.data.services.fleet_schedule import (
+    QUARTER,
+    ScheduleRefused,
+    compute_fleet_schedule,
+)
+from flexmeasures_cariflex.data.services.site_setup import require_site
+
+log = logging.getLogger("cariflex.replan")
+
+REPLAN_SENSORS = frozenset({"consumption_price", "production_price", "load_control_signal"})
+REQUEST_KEY = "replan_requested"  # on the grid-signals asset: {"number", "at", "because"}
+STATUS_KEY = "cariflex_schedule"  # on the site asset: the last run's outcome
+_LOCK_KEY = 0x6361726966  # pg_advisory_xact_lock key: one fleet re-plan at a time per database
+MAX_WAIT_FACTOR = 10
+
+
+def mark_replan_needed(asset: GenericAsset, changed: list[str]) -> bool:
+    """In the writer's transaction: number a new request if a planning input changed."""
+    because = sorted(REPLAN_SENSORS.intersection(changed))
+    if not because:
+        return False
+    previous = (asset.attributes or {}).get(REQUEST_KEY) or {}
+    request = {"number": int(previous.get("number", 0)) + 1, "at": _now_iso(), "because": because}
+    asset.attributes = {**(asset.attributes or {}), REQUEST_KEY: request}  # reassign: tracked
+    return True
+
+
+def schedule_status(fleet: Fleet) -> dict[str, Any]:
+    return dict((require_site(fleet).attributes or {}).get(STATUS_KEY) or {})
+
+
+def horizon() -> timedelta:
+    value = isodate.parse_duration(settings.get("CARIFLEX_SCHEDULE_HORIZON"))
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise ValueError(f"CARIFLEX_SCHEDULE_HORIZON must be a positive duration like PT24H, not {value}")
+    return value
+
+
+def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False) -> dict[str, Any] | None:
+    """Schedule from the current 15-minute period on, save it and record the outcome (commits).
+
+    Returns the recorded status, or None when a run already planned for the latest request.
+    """
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    site = require_site(fleet)
+    grid_signals = db.session.execute(
+        select(GenericAsset).filter_by(name=fleet.grid_signals.name, parent_asset_id=site.id)
+    ).scalar_one_or_none()
+    db.session.refresh(site)
+    requested = ((grid_signals.attributes or {}).get(REQUEST_KEY) or {}) if grid_signals else {}
+    number = int(requested.get("number", 0))
+    previous = dict((site.attributes or {}).get(STATUS_KEY) or {})
+    if not force and previous and previous.get("request", -1) >= number:
+        db.session.rollback()
+        return None
+    start = pd.Timestamp(now or datetime.now(UTC)).floor(QUARTER).to_pydatetime()
+    status: dict[str, Any] = {
+        "request": number,
+        "because": requested.get("because", []),
+        "run_at": _now_iso(),
+        "runs": int(previous.get("runs", 0)) + 1,
+        "version": previous.get("version"),  # unchanged unless this run saves a schedule
+    }
+    try:
+        result = compute_fleet_schedule(fleet, start, horizon=horizon(), shorten_to_prices=True)
+    except ScheduleRefused as exc:
+        db.session.rollback()
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        status.update(ok=False, error=str(exc), breaches=[], notes=[])
+        log.error("re-plan refused", extra={"fields": {"error": str(exc), "request": number}})
+    else:
+        status.update(
+            ok=result.ok,
+            error=result.infeasible,
+            breaches=result.breaches,
+            notes=result.notes,
+            start=result.start.isoformat(),
+            end=result.end.isoformat(),
+            compute_s=round(result.compute_seconds, 3),
+            save_s=round(result.save_seconds, 3),
+        )
+        if result.ok:
+            status["version"] = result.belief_time.isoformat()
+            log.info(
+                "re-planned",
+                extra={
+                    "fields": {
+                        "request": number,
+                        "because": status["because"],
+                        "start": status["start"],
+                        "end": status["end"],
+                        "compute_s": status["compute_s"],
+                        "save_s": status["save_s"],
+                        "breaches": len(result.breaches),
+                    }
+                },
+            )
+            for breach in result.breaches:
+                log.warning("schedule breach", extra={"fields": {"breach": breach}})
+        else:
+            db.session.rollback()
+            db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            log.error("re-plan failed", extra={"fields": {"error": result.infeasible, "request": number}})
+    site = require_site(fleet)
+    site.attributes = {**(site.attributes or {}), STATUS_KEY: status}
+    db.session.commit()
+    return status
+
+
+def replan_job(fleet_file: str | None = None) -> dict[str, Any] | None:
+    """The RQ job (runs in FlexMeasures' worker, inside its app context)."""
+    from cariflex.fleet import load_fleet
+
+    return replan_now(load_fleet(fleet_file))
+
+
+class Replanner:
+    """Per-process debouncer: many requests in a burst, one run after it."""
+
+    def __init__(self, app: Flask, fleet: Fleet, debounce_s: float):
+        self.app, self.fleet, self.debounce_s = app, fleet, debounce_s
+        self.requests = 0  # asked for (this process)
+        self.runs = 0  # runs started (this process), whatever their outcome
+        self._due: float | None = None
+        self._first: float | None = None
+        self._busy = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="cariflex-replan", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            self.requests += 1
+            self._first = self._first or now
+            self._due = min(now + self.debounce_s, self._first + MAX_WAIT_FACTOR * self.debounce_s)
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is pending or running (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._due is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._due is None or time.monotonic() < self._due:
+                    self._cond.wait(None if self._due is None else max(0.0, self._due - time.monotonic()))
+                self._due = self._first = None
+                self._busy = True
+                self.runs += 1
+            try:
+                self._run()
+            except Exception:  # the next request tries again; the server keeps serving
+                log.exception("re-plan crashed")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            queue = (
+                getattr(self.app, "queues", {}).get("scheduling")
+                if settings.get("CARIFLEX_REDIS_URL")
+                else None
+            )
+            if queue is not None:
+                job = queue.enqueue(
+                    replan_job, settings.get("CARIFLEX_FLEET_FILE"), job_timeout=180, result_ttl=3600
+                )
+                log.info("re-plan queued", extra={"fields": {"job": job.id}})
+                return
+            try:
+                replan_now(self.fleet)
+            finally:
+                db.session.remove()
+
+
+_lock = threading.Lock()
+
+
+def request_replan(fleet: Fleet) -> Replanner | None:
+    """After the writer committed a marked request: have this process's Replanner run (debounced)."""
+    app = current_app._get_current_object()
+    debounce = app.config.get("CARIFLEX_REPLAN_DEBOUNCE_S", float(settings.get("CARIFLEX_REPLAN_DEBOUNCE_S")))
+    if debounce < 0:  # re-planning switched off (e.g. a test of ingestion alone)
+        return None
+    with _lock:
+        replanner = app.extensions.get("cariflex_replanner")
+        if replanner is None:
+            replanner = app.extensions["cariflex_replanner"] = Replanner(app, fleet, debounce)
+    replanner.request()
+    return replanner
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) -> dict[str, Any]:
+    """The saved fleet schedule from the current 15-minute period on, as the VEN bridge follows it.
+
+    Per device, kW per 15-minute period, consumption positive (charging > 0), from the most recent
+    "Cariflex scheduler" beliefs; ``null`` where no schedule covers a period.
+    """
+    from flexmeasures_cariflex.data.services.beliefs import latest_values
+    from flexmeasures_cariflex.data.services.fleet_schedule import SCHEDULER_SOURCE
+    from flexmeasures_cariflex.data.services.site_setup import find_source, site_sensors
+
+    start = pd.Timestamp(now or datetime.now(UTC)).floor(QUARTER)
+    end = start + pd.Timedelta(hours=hours)
+    grid = pd.date_range(start, end, freq=QUARTER, inclusive="left")
+    status = schedule_status(fleet)
+    devices = [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
+    sensors = site_sensors(fleet)
+    power = [sensors[f"{name}_power"] for name in devices if f"{name}_power" in sensors]
+    source = find_source(*SCHEDULER_SOURCE)
+    found = latest_values(power, start, end, source) if source is not None and power else {}
+    out: dict[str, list[float | None]] = {}
+    for sensor in power:
+        values = pd.Series(found.get(sensor.id, {}), dtype=float)
+        if not values.empty:
+            values.index = pd.DatetimeIndex(values.index).tz_convert("UTC")
+        sign = 1 if sensor.get_attribute("consumption_is_positive", False) else -1
+        per_period = (sign * values).resample(QUARTER).mean().reindex(grid) if not values.empty else None
+        name = sensor.name.removesuffix("_power")
+        out[name] = (
+            [None] * len(grid)
+            if per_period is None
+            else [None if pd.isna(v) else round(float(v), 4) for v in per_period]
+        )
+    return {
+        "version": status.get("version"),
+        "ok": status.get("ok"),
+        "breaches": status.get("breaches", []),
+        "start": start.isoformat(),
+        "resolution": "PT15M",
+        "unit": "kW",
+        "devices": out,
+    }
