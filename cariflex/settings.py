@@ -91,6 +91,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_S2_PORT", "8765", "S2 WebSocket port of the VEN's CEM, path /s2 (--s2-port)"),
     Variable("CARIFLEX_FM_URL", "http://127.0.0.1:5000", "FlexMeasures the VEN posts to"),
     Variable(
+        "CARIFLEX_VEN_SCHEDULE_POLL_S",
+        "2",
+        "how often the VEN asks FlexMeasures whether the fleet schedule changed (--schedule-poll-seconds)",
+    ),
+    Variable(
         "CARIFLEX_FM_USER",
         "ven@cariflex.example",
         "FlexMeasures account the VEN posts as (role cariflex-ven)",

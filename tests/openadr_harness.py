@@ -162,7 +162,9 @@ class LoggedProcess:
                     line = json.loads(raw)
                 except ValueError:
                     line = {"msg": raw.rstrip()}
-                self.lines.append(line if isinstance(line, dict) else {"msg": str(line)})
+                line = line if isinstance(line, dict) else {"msg": str(line)}
+                line["received_at"] = time.monotonic()  # when this test saw it (for latencies)
+                self.lines.append(line)
 
         threading.Thread(target=reader, args=(self.proc.stderr,), daemon=True).start()
         return self

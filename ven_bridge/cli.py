@@ -62,8 +62,26 @@ def cli() -> None:
     show_default=True,
     help="Sampling period of the fleet TELEMETRY_USAGE report.",
 )
+@click.option(
+    "--schedule-poll-seconds",
+    "schedule_poll_s",
+    type=click.FloatRange(min=0.2),
+    default=lambda: float(settings.get("CARIFLEX_VEN_SCHEDULE_POLL_S")),
+    show_default="2",
+    help="How often to ask FlexMeasures whether the fleet schedule changed ($CARIFLEX_VEN_SCHEDULE_POLL_S).",
+)
 def run(
-    vtn_url, ven_name, state_dir, fleet_file, cert, key, ca_file, vtn_fingerprint, s2_port, telemetry_seconds
+    vtn_url,
+    ven_name,
+    state_dir,
+    fleet_file,
+    cert,
+    key,
+    ca_file,
+    vtn_fingerprint,
+    s2_port,
+    telemetry_seconds,
+    schedule_poll_s,
 ) -> None:
     """Run the VEN until SIGTERM or Ctrl-C."""
     from ven_bridge.fm_client import FlexMeasuresClient
@@ -77,11 +95,14 @@ def run(
         raise click.ClickException(str(exc)) from None
     logging.getLogger("openleadr").setLevel(logging.WARNING)  # it logs every message in full at INFO
     outbox = Outbox(state_path(state_dir))
-    client = FlexMeasuresClient(
-        settings.get("CARIFLEX_FM_URL"),
-        settings.get("CARIFLEX_FM_USER"),
-        settings.secret("CARIFLEX_FM_PASSWORD", "fm_ven_password"),
-    )
+
+    def fm_client() -> FlexMeasuresClient:
+        return FlexMeasuresClient(
+            settings.get("CARIFLEX_FM_URL"),
+            settings.get("CARIFLEX_FM_USER"),
+            settings.secret("CARIFLEX_FM_PASSWORD", "fm_ven_password"),
+        )
+
     options = VenOptions(
         ven_name=ven_name,
         vtn_url=vtn_url,
@@ -94,9 +115,11 @@ def run(
         vtn_fingerprint=vtn_fingerprint,
         telemetry_seconds=telemetry_seconds,
         s2_port=s2_port,
+        schedule_poll_s=schedule_poll_s,
     )
     try:
-        asyncio.run(CariflexVen(options, outbox, Poster(outbox, client), fleet).run())
+        poster = Poster(outbox, fm_client())
+        asyncio.run(CariflexVen(options, outbox, poster, fleet, schedule_client=fm_client()).run())
     finally:
         # Shut down already: a second SIGTERM (e.g. a supervisor after Ctrl-C) must not kill the exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -121,6 +144,11 @@ def _status(state: str | None) -> dict[str, Any]:
             "last_vtn_contact_at": contact.get("at"),
             "last_post_at": post.get("at"),
             "s2": outbox.get_state("s2") or {},
+            "schedule": {
+                k: v
+                for k, v in (outbox.get_state("schedule") or {}).items()
+                if k in ("version", "start", "breaches")
+            },
             **outbox.status(),
         }
     finally:

@@ -1,7 +1,8 @@
 """Fleet control: from setpoints and load-control limits to per-device targets for the S2 CEM.
 
-Setpoints come from the outbox state (``cariflex-ven setpoint DEVICE KW``; FlexMeasures schedules
-feed the same place once scheduling exists). While a load-control event is active, the site import
+Setpoints come from the FlexMeasures fleet schedule (``ScheduleFollower``: the current period's
+value per device), overridden per device by an operator's ``cariflex-ven setpoint DEVICE KW``
+(outbox state). While a load-control event is active, the site import
 of the fleet is capped at level × the site's normal capacity: charging is lowered and discharging
 raised, the effort shared in proportion to what each device can still give without going below
 its minimum fill level (an EV never below the energy its departure needs). What cannot be
@@ -14,7 +15,6 @@ per sensor per minute, never a request per S2 message).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from cariflex.fleet import Fleet
 from ven_bridge.outbox import Outbox
 from ven_bridge.s2_cem import Cem
+from ven_bridge.schedule_follower import ScheduleFollower
 
 log = logging.getLogger("cariflex.ven.fleet")
 
@@ -73,8 +74,17 @@ def _duration(text: str) -> timedelta:
 
 
 class FleetController:
-    def __init__(self, fleet: Fleet, cem: Cem, outbox: Outbox, *, period_s: float = 1.0):
+    def __init__(
+        self,
+        fleet: Fleet,
+        cem: Cem,
+        outbox: Outbox,
+        *,
+        period_s: float = 1.0,
+        follower: ScheduleFollower | None = None,
+    ):
         self.fleet, self.cem, self.outbox, self.period_s = fleet, cem, outbox, period_s
+        self.follower = follower
         self.capacity_kw = fleet.site.capacity_kw
         self.limits = {d.name: d for d in (*fleet.batteries, *fleet.ev_chargers)}
         self.shortfall_kw = 0.0
@@ -93,7 +103,8 @@ class FleetController:
         return 0.0 if fill is None or fill <= need else -device.power_kw
 
     def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
-        setpoints = self.outbox.get_state("setpoints", {})
+        scheduled = self.follower.setpoints(now) if self.follower else {}
+        setpoints = {**scheduled, **self.outbox.get_state("setpoints", {})}  # the operator's win
         level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
         cap = None if level is None else level * self.capacity_kw
         flex = []
@@ -190,5 +201,10 @@ class FleetController:
             except Exception:  # keep controlling the fleet whatever one round hit
                 log.exception("fleet control round failed")
             self.cem.on_change.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.cem.on_change.wait(), self.period_s)
+            waits = [asyncio.ensure_future(self.cem.on_change.wait())]
+            if self.follower is not None:
+                self.follower.changed.clear()
+                waits.append(asyncio.ensure_future(self.follower.changed.wait()))
+            _, pending = await asyncio.wait(waits, timeout=self.period_s, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()

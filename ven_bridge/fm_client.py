@@ -16,6 +16,7 @@ import requests
 TOKEN_RENEW_AFTER_S = 5 * 3600  # FlexMeasures' SECURITY_TOKEN_MAX_AGE is 6 h
 EVENTS_PATH = "/api/cariflex/v1/openadr/events"
 SENSORS_PATH = "/api/cariflex/v1/sensors"
+SCHEDULE_PATH = "/api/cariflex/v1/schedule"
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Answer:
 
     status: int
     text: str
+    etag: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -70,7 +72,7 @@ class FlexMeasuresClient:
         self._token_at = time.monotonic()
         return None
 
-    def request(self, method: str, path: str, body: Any = None) -> Answer:
+    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None) -> Answer:
         for attempt in (1, 2):
             if self._token is None or time.monotonic() - self._token_at > TOKEN_RENEW_AFTER_S:
                 failed = self._authenticate()
@@ -81,7 +83,7 @@ class FlexMeasuresClient:
                     method,
                     f"{self.base_url}{path}",
                     json=body,
-                    headers={"Authorization": self._token},
+                    headers={"Authorization": self._token, **(headers or {})},
                     timeout=self.timeout_s,
                 )
             except requests.RequestException as exc:
@@ -89,7 +91,7 @@ class FlexMeasuresClient:
             if response.status_code == 401 and attempt == 1:
                 self._token = None  # expired or revoked: log in again once
                 continue
-            return Answer(response.status_code, response.text)
+            return Answer(response.status_code, response.text, response.headers.get("ETag"))
         raise AssertionError("unreachable")
 
     def post_event(self, normalised: dict[str, Any]) -> Answer:
@@ -116,3 +118,9 @@ class FlexMeasuresClient:
             return Answer(503, f"sensor {measurement['sensor']!r} not found (yet) in FlexMeasures")
         body = {k: measurement[k] for k in ("values", "start", "duration", "unit")}
         return self.request("POST", f"/api/v3_0/sensors/{sensor_id}/data", body)
+
+    def get_schedule(self, hours: float, etag: str | None = None) -> Answer:
+        """The fleet schedule from now on (304 while ``etag`` is still current)."""
+        return self.request(
+            "GET", f"{SCHEDULE_PATH}?hours={hours:g}", headers={"If-None-Match": etag} if etag else None
+        )

@@ -45,6 +45,7 @@ class VenOptions:
     telemetry_seconds: float = 10.0
     s2_host: str = "127.0.0.1"
     s2_port: int = 8765
+    schedule_poll_s: float = 2.0
 
 
 class _Answers(dict):
@@ -71,11 +72,12 @@ class _Client(OpenADRClient):
 
 
 class CariflexVen:
-    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster, fleet=None):
+    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster, fleet=None, schedule_client=None):
         self.options = options
         self.outbox = outbox
         self.poster = poster
         self.fleet = fleet
+        self.schedule_client = schedule_client  # its own FlexMeasuresClient: the poster's is its thread's
         self.stopping = asyncio.Event()
         self.client: _Client | None = None
         self._last_contact_write = 0.0
@@ -248,7 +250,17 @@ class CariflexVen:
         # The S2 CEM and the fleet controller run beside the OpenADR client in this loop.
         cem = Cem(self.options.s2_host, self.options.s2_port)
         await cem.start()
-        controller = asyncio.create_task(FleetController(self.fleet, cem, self.outbox).run(self.stopping))
+        follower = None
+        tasks = []
+        if self.schedule_client is not None:
+            from ven_bridge.schedule_follower import ScheduleFollower
+
+            follower = ScheduleFollower(
+                self.schedule_client, self.outbox, poll_s=self.options.schedule_poll_s
+            )
+            tasks.append(asyncio.create_task(follower.run(self.stopping)))
+        controller = FleetController(self.fleet, cem, self.outbox, follower=follower)
+        tasks.append(asyncio.create_task(controller.run(self.stopping)))
         log.info(
             "ven started",
             extra={
@@ -262,7 +274,7 @@ class CariflexVen:
         self.client = await self.register()
         await self.stopping.wait()
         log.info("ven stopping")
-        await controller
+        await asyncio.gather(*tasks)
         await cem.stop()
         if self.client is not None:
             await self.client.stop()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 from flexmeasures.data import db
 from flexmeasures.data.models.data_sources import DataSource
@@ -37,9 +38,10 @@ EV_ROUNDTRIP_EFFICIENCY_PCT = 92.0
 FALLBACK_SOC_PCT = 50.0
 QUARTER = timedelta(minutes=15)
 _TOLERANCE_KWH = 0.05
-# FlexMeasures' default tie-breakers add a small cost term per device; for 20 devices they double
-# the solve time (1.4 s vs 0.7 s) and prices already decide when to charge.
+# FlexMeasures' default tie-breakers add a cost term per device, doubling the solve time for 20
+# devices (1.4 s vs 0.7 s); ``_tie_broken`` prices do the same job at no cost.
 NO_TIE_BREAKERS = {"prefer-charging-sooner": False, "prefer-curtailing-later": False}
+TIE_BREAK = 1e-4  # price units per period: 0.01 EUR/MWh over a day, far below any real price step
 
 
 class ScheduleRefused(ValueError):
@@ -199,6 +201,18 @@ def _departures(ev: EVCharger, start: pd.Timestamp, end: pd.Timestamp, tz: ZoneI
     return found
 
 
+def _tie_broken(prices: pd.Series, grid: pd.DatetimeIndex, step: timedelta, unit: str) -> list[dict]:
+    """The prices per period, each a little (TIE_BREAK per period) dearer than the one before.
+
+    Of equally priced periods the earliest is then the cheapest to charge in: batteries and EVs
+    charge as soon as the price allows, not in an arbitrary one of several equal periods, and a
+    re-plan acts in the current period. FlexMeasures' own ``prefer-charging-sooner`` does the same
+    with a cost term per device, which doubles the solve time for 20 devices.
+    """
+    per_period = prices.reindex(grid, method="ffill") + TIE_BREAK * np.arange(len(grid))
+    return _segments(per_period.round(9), step, unit)
+
+
 def _driving_usage(ev: EVCharger, departures: list[pd.Timestamp], present: pd.Series) -> pd.Series:
     """kW drawn from the car while it is away, so that it comes back with its usual arrival energy.
 
@@ -306,13 +320,14 @@ def compute_fleet_schedule(  # noqa: C901
             "nothing was scheduled or written"
         )
     production = _latest_values(sensors["production_price"], price_start, end_utc, belief_time)
+    consumption_prices = _tie_broken(consumption, grid, resolution, sensors["consumption_price"].unit)
     if _missing_periods(production, price_start, end_utc, hour):
-        production_ref = {"sensor": sensors["consumption_price"].id}
+        production_prices = consumption_prices
         result.notes.append(
             "production_price does not cover the horizon: the consumption price is used for production too"
         )
     else:
-        production_ref = {"sensor": sensors["production_price"].id}
+        production_prices = _tie_broken(production, grid, resolution, sensors["production_price"].unit)
 
     # Site import capacity: connection capacity x load-control %, per period (100 % without beliefs).
     signal = _latest_values(sensors["load_control_signal"], start_utc, end_utc, belief_time)
@@ -385,8 +400,8 @@ def compute_fleet_schedule(  # noqa: C901
         flex_model.append(entry)
 
     flex_context = {
-        "consumption-price": {"sensor": sensors["consumption_price"].id},
-        "production-price": production_ref,
+        "consumption-price": consumption_prices,
+        "production-price": production_prices,
         "site-consumption-capacity": _segments(capacity_kw, resolution, "kW"),
         "site-production-capacity": f"{fleet.site.capacity_kw:g} kW",
         # Site limits are hard: a load-control cap is an obligation.
