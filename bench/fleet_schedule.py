@@ -108,9 +108,15 @@ def main() -> None:
         os.environ["SQLALCHEMY_TEST_DATABASE_URI"] = url
         os.environ["CARIFLEX_VAR_DIR"] = folder
         os.environ.pop("FLEXMEASURES_PLUGINS", None)
+        # HiGHS prints its banner on stdout from C++ (output_flag comes too late for it): send the
+        # process's stdout to stderr while solving, so stdout carries just the JSON line.
+        stdout = os.dup(1)
+        os.dup2(2, 1)
         try:
             results = run(sizes, args.repeat)
         finally:
+            sys.stdout.flush()
+            os.dup2(stdout, 1)
             database.drop_database(url)
     twenty = results.get("20", {}).get("total_s", float("inf"))
     print_result("fleet_schedule", results, "20_devices_compute_plus_save_s", round(twenty, 3), 1.5)

@@ -196,6 +196,15 @@ def test_day_ahead_publication_is_idempotent(store, tmp_path):
     assert from_file["values"] == [88.5] * 24 and from_file["source"] == "day-ahead"
 
 
+def test_todays_prices_are_caught_up_once_even_though_the_day_has_begun(store):
+    now = datetime(2030, 3, 1, 10, 30, tzinfo=SITE_TZ).astimezone(UTC)
+    today = publish_day_ahead(store, price_file=None, now=now, day=now.astimezone(SITE_TZ).date())
+    assert today["start"] == "2030-03-01T00:00:00-04:00" and len(today["values"]) == 24
+    assert publish_day_ahead(store, price_file=None, now=now, day=now.astimezone(SITE_TZ).date()) is None
+    tomorrow = publish_day_ahead(store, price_file=None, now=now)
+    assert tomorrow["start"] == "2030-03-02T00:00:00-04:00"
+
+
 def test_an_unanswered_distribution_is_sent_again(vtn, store):
     ven = registered_ven(store)
     event_id = load_control(store)

@@ -98,10 +98,14 @@ def day_ahead_start(today: date) -> datetime:
     return datetime.combine(today + timedelta(days=1), time(0), SITE_TZ).astimezone(UTC)
 
 
-def publish_day_ahead(store: Store, *, price_file: str | None, now: datetime | None = None) -> dict | None:
-    """Publish tomorrow's price event unless it exists already (safe to call at every start)."""
+def publish_day_ahead(
+    store: Store, *, price_file: str | None, now: datetime | None = None, day: date | None = None
+) -> dict | None:
+    """Publish the price event of ``day`` (default tomorrow) unless it exists already (safe to call
+    at every start). A day already begun (catching up today's prices) is allowed to start in the past."""
     now = now or datetime.now(UTC)
-    start = day_ahead_start(now.astimezone(SITE_TZ).date())
+    today = now.astimezone(SITE_TZ).date()
+    start = day_ahead_start((day or today + timedelta(days=1)) - timedelta(days=1))
     with store.session() as session:
         existing = session.execute(
             select(Event.event_id).where(Event.source == "day-ahead", Event.start == start)
@@ -113,7 +117,9 @@ def publish_day_ahead(store: Store, *, price_file: str | None, now: datetime | N
         prices, name = read_price_csv(price_file), f"price file {price_file}"
     else:
         prices, name = tariff_prices(), "tariff model"
-    draft = price_draft(start=start, prices=prices, now=now, source="day-ahead", prices_name=name)
+    draft = price_draft(
+        start=start, prices=prices, now=now, source="day-ahead", prices_name=name, allow_past=start < now
+    )
     assert len(draft.intervals) == PRICE_INTERVALS
     result = operations.create_event(store, draft, now=now)
     log.info(

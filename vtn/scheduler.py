@@ -1,8 +1,9 @@
 """The day-ahead price job: every day at the configured local time, publish tomorrow's prices.
 
 APScheduler runs it in the VTN's loop. At start the job also runs once if today's publication
-time has passed, so a VTN that was down at 13:00 catches up; publication is idempotent
-(one day-ahead event per day), so a restart never doubles it.
+time has passed, so a VTN that was down at 13:00 catches up, and today's prices are published
+too if they never were; publication is idempotent (one day-ahead event per day), so a restart
+never doubles it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def start_day_ahead(vtn: CariflexVtn) -> AsyncIOScheduler | None:
     )
     scheduler.start()
     now_local = datetime.now(UTC).astimezone(SITE_TZ)
+    try:
+        # A VTN that was not running when today's prices were due publishes them now: a site
+        # without a price for the current hour cannot be scheduled.
+        publish_day_ahead(vtn.store, price_file=vtn.options.price_file, day=now_local.date())
+    except Exception:
+        log.exception("publishing today's prices failed")
     if now_local.time() >= at:
         job()
     log.info("day-ahead price publication scheduled", extra={"fields": {"local_time": at.strftime("%H:%M")}})
