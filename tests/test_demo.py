@@ -122,6 +122,26 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             return json.loads(status.stdout).get("s2", {}).get("under_frbc", 0)
 
         wait_until(lambda: under_frbc() == 20, 60, "20 simulated devices under FRBC control")
+
+        # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
+        def ven_status() -> dict:
+            status = subprocess.run(
+                [str(BIN / "cariflex-ven"), "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return json.loads(status.stdout)
+
+        wait_until(lambda: ven_status()["schedule"].get("version"), 120, "a fleet schedule at the VEN")
+        wait_until(
+            lambda: (
+                sum(d.get("setpoint_kw") is not None for d in ven_status()["s2"]["devices"].values()) == 20
+            ),
+            60,
+            "every device following the schedule",
+        )
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)

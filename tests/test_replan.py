@@ -196,3 +196,30 @@ def test_with_redis_the_replan_is_a_job_on_the_scheduling_queue(
         assert schedule_versions(fm_db) == 1
     finally:
         queue.delete(delete_jobs=True)
+
+
+def test_schedule_command_as_job_runs_in_an_rq_worker(replanning, cli, fm_db, fleet, monkeypatch):
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    redis = Redis("127.0.0.1", 6379)
+    queue = Queue(f"cariflex-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    from flexmeasures_cariflex.data.services.openadr_ingest import ingest_event
+
+    ingest_event(prices_from_now(0), fleet)
+    fm_db.session.commit()
+    start = THIS_HOUR.isoformat()
+    refused = cli("cariflex", "schedule", "--start", start, "--horizon", "PT12H", "--as-job")
+    assert refused.exit_code == 1 and "needs CARIFLEX_REDIS_URL" in refused.output
+    monkeypatch.setenv("CARIFLEX_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setitem(replanning.queues, "scheduling", queue)
+    try:
+        out = cli("cariflex", "schedule", "--start", start, "--horizon", "PT12H", "--as-job")
+        assert out.exit_code == 0 and "Queued fleet schedule job" in out.output, out.output
+        assert schedule_versions(fm_db) == 0
+        SimpleWorker([queue], connection=redis).work(burst=True)
+        assert schedule_versions(fm_db) == 1
+        job = queue.fetch_job(out.output.split("job ")[1].split(";")[0])
+        assert job.return_value()["beliefs_saved"] == 20 * 12 * 60
+    finally:
+        queue.delete(delete_jobs=True)

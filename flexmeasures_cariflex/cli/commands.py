@@ -210,10 +210,16 @@ def _echo_replan(status: dict | None) -> None:
 )
 @click.option("--horizon", "horizon_text", default="PT24H", show_default=True, help="ISO 8601 duration.")
 @click.option("--dry-run", is_flag=True, help="Compute and print, write nothing.")
+@click.option(
+    "--as-job",
+    is_flag=True,
+    help="Queue it on FlexMeasures' scheduling queue (needs CARIFLEX_REDIS_URL and a worker: "
+    "flexmeasures jobs run-worker --queue scheduling).",
+)
 @fleet_option
 @with_appcontext
 def schedule_command(
-    start_text: str | None, horizon_text: str, dry_run: bool, fleet_file: str | None
+    start_text: str | None, horizon_text: str, dry_run: bool, as_job: bool, fleet_file: str | None
 ) -> None:
     """Schedule all batteries and EV chargers of the site in one run (FlexMeasures StorageScheduler)
     and save the result on their power sensors as "Cariflex scheduler", unless --dry-run."""
@@ -241,6 +247,9 @@ def schedule_command(
             start = start.replace(tzinfo=tz)
     else:
         start = datetime.combine(datetime.now(tz).date() + timedelta(days=1), datetime.min.time(), tz)
+    if as_job:
+        _queue_schedule(start, horizon, dry_run, fleet_file)
+        return
     try:
         result = compute_fleet_schedule(fleet, start, horizon=horizon, dry_run=dry_run)
         if result.ok and not dry_run:
@@ -276,4 +285,27 @@ def schedule_command(
     click.echo(
         f"compute {result.compute_seconds:.2f} s"
         + ("" if dry_run else f", saved {result.beliefs_saved} beliefs in {result.save_seconds:.2f} s")
+    )
+
+
+def _queue_schedule(start, horizon, dry_run: bool, fleet_file: str | None) -> None:
+    from flask import current_app
+
+    from cariflex import settings
+    from flexmeasures_cariflex.data.services.fleet_schedule import schedule_job
+
+    if dry_run:
+        _refuse("--as-job and --dry-run do not go together: a job's result is its saved schedule")
+    if not settings.get("CARIFLEX_REDIS_URL"):
+        _refuse("--as-job needs CARIFLEX_REDIS_URL (the Redis of FlexMeasures' job queues)")
+    job = current_app.queues["scheduling"].enqueue(
+        schedule_job,
+        start.isoformat(),
+        horizon.total_seconds(),
+        fleet_file,
+        job_timeout=180,
+        result_ttl=86400,
+    )
+    click.echo(
+        f"Queued fleet schedule job {job.id}; run by: flexmeasures jobs run-worker --queue scheduling"
     )

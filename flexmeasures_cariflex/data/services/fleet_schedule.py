@@ -489,3 +489,24 @@ def compute_fleet_schedule(  # noqa: C901
     result.belief_time = belief_time.to_pydatetime()
     result.save_seconds = time.perf_counter() - began
     return result
+
+
+def schedule_job(start_iso: str, horizon_s: float, fleet_file: str | None = None) -> dict:
+    """``flexmeasures cariflex schedule --as-job`` in FlexMeasures' worker (inside its app context):
+    compute, save and commit; the job's result is a summary (an infeasible run fails the job)."""
+    from cariflex.fleet import load_fleet
+
+    result = compute_fleet_schedule(
+        load_fleet(fleet_file), datetime.fromisoformat(start_iso), horizon=timedelta(seconds=horizon_s)
+    )
+    if not result.ok:
+        db.session.rollback()
+        raise RuntimeError(result.infeasible)
+    db.session.commit()
+    return {
+        "start": result.start.isoformat(),
+        "end": result.end.isoformat(),
+        "beliefs_saved": result.beliefs_saved,
+        "breaches": result.breaches,
+        "notes": result.notes,
+    }
