@@ -32,18 +32,9 @@ import pandas as pd  # noqa: E402
 from bench.common import print_result  # noqa: E402
 from cariflex import database  # noqa: E402
 from cariflex.fleet import Fleet, parse_fleet  # noqa: E402
-from tests.conftest import LOCAL_SERVER  # noqa: E402
+from tests.conftest import database_server_url  # noqa: E402
 
 TZ = ZoneInfo("America/Martinique")
-
-
-def server_url(folder: Path) -> str:
-    configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
-    if configured:
-        return database.to_psycopg2(configured)
-    if database.reachable(LOCAL_SERVER):
-        return LOCAL_SERVER
-    return database.embedded_server_url(folder / "pgdata")
 
 
 def fleet_of(devices: int) -> Fleet:
@@ -103,7 +94,9 @@ def main() -> None:
     logging.disable(logging.WARNING)
 
     with tempfile.TemporaryDirectory() as folder:
-        url = database.with_database(server_url(Path(folder)), f"cariflex_bench_{uuid.uuid4().hex[:8]}")
+        url = database.with_database(
+            database_server_url(Path(folder)), f"cariflex_bench_{uuid.uuid4().hex[:8]}"
+        )
         database.create_database(url)
         os.environ["SQLALCHEMY_TEST_DATABASE_URI"] = url
         os.environ["CARIFLEX_VAR_DIR"] = folder

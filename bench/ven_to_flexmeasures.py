@@ -16,7 +16,6 @@ Prints one JSON line. Goal: p95 <= 2 s.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -32,18 +31,9 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import percentile, print_result  # noqa: E402
 from cariflex import database  # noqa: E402
-from tests.conftest import LOCAL_SERVER, free_port  # noqa: E402
+from tests.conftest import database_server_url, free_port  # noqa: E402
 from tests.openadr_harness import FlexMeasuresServer, VenProcess, VtnProcess, wait_until  # noqa: E402
 from vtn.events import SITE_TZ  # noqa: E402
-
-
-def server_url(folder: Path) -> str:
-    configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
-    if configured:
-        return database.to_psycopg2(configured)
-    if database.reachable(LOCAL_SERVER):
-        return LOCAL_SERVER
-    return database.embedded_server_url(folder / "pgdata")
 
 
 def count(db, start: datetime) -> int:
@@ -67,7 +57,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        db_url = database.with_database(server_url(folder), f"cariflex_bench_{uuid.uuid4().hex[:8]}")
+        db_url = database.with_database(database_server_url(folder), f"cariflex_bench_{uuid.uuid4().hex[:8]}")
         database.create_database(db_url)
         fm = FlexMeasuresServer(folder / "fm", db_url, free_port())
         vtn = VtnProcess(folder / "vtn", f"sqlite:///{folder / 'vtn.sqlite'}", poll_seconds=1)

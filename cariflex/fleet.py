@@ -64,6 +64,12 @@ class PVSite:
     longitude: float
     tilt_deg: float = 15.0
     azimuth_deg: float = 180.0  # degrees from north; 180 = facing south
+    temperature_coefficient_pct: float = -0.4  # power change per °C of cell temperature above 25 °C
+    inverter_kw: float | None = None  # AC limit; None = the peak power (no clipping)
+
+    @property
+    def inverter_limit_kw(self) -> float:
+        return self.peak_power_kw if self.inverter_kw is None else self.inverter_kw
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ _PV: list[_Spec] = [
     ("longitude", "longitude", "longitude", True),
     ("tilt", "tilt_deg", "tilt", False),
     ("azimuth", "azimuth_deg", "azimuth", False),
+    ("temperature_coefficient", "temperature_coefficient_pct", "temperature_coefficient", False),
+    ("inverter", "inverter_kw", "power", False),
 ]
 _BATTERY: list[_Spec] = [
     ("name", "name", "name", True),
@@ -204,6 +212,10 @@ class _Checker:
             low = 0 if kind in ("tilt", "azimuth") else -limits
             if isinstance(raw, bool) or not isinstance(raw, int | float) or not low <= raw <= limits:
                 return self.fail(where, key, f"{raw!r} must be a number from {low} to {limits}")
+            return float(raw)
+        if kind == "temperature_coefficient":  # %/°C, e.g. -0.40 for crystalline silicon
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or not -2 <= raw <= 0:
+                return self.fail(where, key, f"{raw!r} must be a number from -2 to 0 (% per °C, e.g. -0.4)")
             return float(raw)
         if kind == "timezone":
             try:

@@ -105,6 +105,17 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "its password; unset = generated var/fm_ven_password (demo creates the user)",
     ),
+    Variable("CARIFLEX_OPEN_METEO_URL", "https://api.open-meteo.com/v1/forecast", "Open-Meteo forecast API"),
+    Variable(
+        "CARIFLEX_OPEN_METEO_ARCHIVE_URL",
+        "https://archive-api.open-meteo.com/v1/archive",
+        "Open-Meteo archive API (past ranges)",
+    ),
+    Variable(
+        "CARIFLEX_FEED_IN_TARIFF",
+        "70",
+        "what the grid pays for injected energy (EUR/MWh), flat; see --csv for hourly prices",
+    ),
     Variable(
         "CARIFLEX_VTN_PRICE_FILE",
         None,

@@ -29,15 +29,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> str:
-    """URL of a PostgreSQL server on which tests may create databases."""
+def database_server_url(scratch: Path) -> str:
+    """A PostgreSQL server to create databases on (tests and benchmarks): CARIFLEX_TEST_DATABASE_URL,
+    else 127.0.0.1:5432 when it answers, else an embedded server with its data under ``scratch``."""
     configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
     if configured:
         return database.to_psycopg2(configured)
     if database.reachable(LOCAL_SERVER):
         return LOCAL_SERVER
-    return database.embedded_server_url(tmp_path_factory.mktemp("pg") / "pgdata")
+    return database.embedded_server_url(scratch / "pgdata")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory) -> str:
+    """URL of a PostgreSQL server on which tests may create databases."""
+    return database_server_url(tmp_path_factory.mktemp("pg"))
 
 
 @pytest.fixture(scope="session")

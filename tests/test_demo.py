@@ -111,19 +111,6 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         wait_until(ven_registered, 60, "the VEN bridge to register")
 
         # The simulated devices come under the VEN's S2 control.
-        def under_frbc() -> int:
-            status = subprocess.run(
-                [str(BIN / "cariflex-ven"), "status", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            return json.loads(status.stdout).get("s2", {}).get("under_frbc", 0)
-
-        wait_until(lambda: under_frbc() == 20, 60, "20 simulated devices under FRBC control")
-
-        # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
         def ven_status() -> dict:
             status = subprocess.run(
                 [str(BIN / "cariflex-ven"), "status", "--json"],
@@ -134,6 +121,13 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             )
             return json.loads(status.stdout)
 
+        wait_until(
+            lambda: ven_status().get("s2", {}).get("under_frbc") == 20,
+            60,
+            "20 simulated devices under FRBC control",
+        )
+
+        # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
         wait_until(lambda: ven_status()["schedule"].get("version"), 120, "a fleet schedule at the VEN")
         wait_until(
             lambda: (

@@ -223,3 +223,11 @@ def test_schedule_command_as_job_runs_in_an_rq_worker(replanning, cli, fm_db, fl
         assert job.return_value()["beliefs_saved"] == 20 * 12 * 60
     finally:
         queue.delete(delete_jobs=True)
+
+
+@pytest.mark.parametrize("bad", ["PT0H", "-PT1H", "tomorrow", "P1M"])
+def test_a_bad_configured_horizon_is_a_recorded_refusal(replanning, fm_db, fleet, monkeypatch, bad):
+    monkeypatch.setenv("CARIFLEX_SCHEDULE_HORIZON", bad)
+    status = replan_now(fleet, force=True)
+    assert status["ok"] is False and "CARIFLEX_SCHEDULE_HORIZON" in status["error"] and bad in status["error"]
+    assert schedule_versions(fm_db) == 0

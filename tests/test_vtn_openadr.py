@@ -261,12 +261,18 @@ def test_day_ahead_prices_are_published_at_start_when_the_time_has_passed(tmp_pa
         vtn.cli("ven", "add", "ven-d")
         ven = fleet.add("ven-d", vtn.url)
         events = wait_until(
-            lambda: [e for e in vtn.admin("GET", "/events").json() if e["source"] == "day-ahead"],
+            lambda: (
+                len(found := [e for e in vtn.admin("GET", "/events").json() if e["source"] == "day-ahead"])
+                == 2
+                and found
+            ),
             20,
-            "the day-ahead event",
+            "the day-ahead events of today (caught up) and tomorrow",
         )
-        assert events[0]["start"] == NEXT_DAY.isoformat()
-        got = wait_until(lambda: ven.latest(events[0]["event_id"]), 20, "day-ahead prices at the VEN")
+        by_start = {e["start"]: e for e in events}
+        assert sorted(by_start) == [(NEXT_DAY - timedelta(days=1)).isoformat(), NEXT_DAY.isoformat()]
+        tomorrow = by_start[NEXT_DAY.isoformat()]
+        got = wait_until(lambda: ven.latest(tomorrow["event_id"]), 20, "day-ahead prices at the VEN")
         assert got["values"] == pytest.approx([(120 + h) / 1000 for h in range(24)])
     finally:
         assert vtn.stop() == 0
@@ -276,7 +282,7 @@ def test_day_ahead_prices_are_published_at_start_when_the_time_has_passed(tmp_pa
     ).start()
     try:
         wait_until(lambda: again.logged("day-ahead prices already published"), 20, "the idempotency check")
-        assert len([e for e in again.admin("GET", "/events").json() if e["source"] == "day-ahead"]) == 1
+        assert len([e for e in again.admin("GET", "/events").json() if e["source"] == "day-ahead"]) == 2
     finally:
         again.stop()
 

@@ -306,6 +306,4 @@ def _queue_schedule(start, horizon, dry_run: bool, fleet_file: str | None) -> No
         job_timeout=180,
         result_ttl=86400,
     )
-    click.echo(
-        f"Queued fleet schedule job {job.id}; run by: flexmeasures jobs run-worker --queue scheduling"
-    )
+    click.echo(f"Queued fleet schedule job {job.id}; run by: flexmeasures jobs run-worker --queue scheduling")

@@ -52,11 +52,12 @@ _LATEST_VALUES = text(
 def insert_beliefs(
     values: Mapping[Sensor, pd.Series | Mapping[datetime, float]],
     source: DataSource,
-    belief_time: datetime,
+    belief_time: datetime | None,
     *,
     fresh: bool = False,
 ) -> int:
-    """Store the values (event start -> value, per sensor) as beliefs formed at ``belief_time``.
+    """Store the values (event start -> value, per sensor) as beliefs formed at ``belief_time``;
+    ``None``: measurements, each formed when it could first be known (belief horizon 0).
 
     ``fresh``: the caller guarantees no stored belief has this source and belief time (a new belief
     time per scheduler run), so the rows go in by COPY, ~2.5x faster than the INSERT, with no
@@ -70,7 +71,10 @@ def insert_beliefs(
         starts = pd.DatetimeIndex(series.index)
         # What timely-beliefs does for TimedBelief(belief_time=...): horizon = knowledge time -
         # belief time, the knowledge time following the sensor's own knowledge-horizon rule.
-        horizons = sensor.knowledge_time(starts, sensor.event_resolution) - pd.Timestamp(belief_time)
+        if belief_time is None:
+            horizons = pd.TimedeltaIndex([pd.Timedelta(0)] * len(starts))
+        else:
+            horizons = sensor.knowledge_time(starts, sensor.event_resolution) - pd.Timestamp(belief_time)
         frames.append(
             pd.DataFrame(
                 {

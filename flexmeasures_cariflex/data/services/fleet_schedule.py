@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from flexmeasures.data import db
-from flexmeasures.data.models.data_sources import DataSource
 from flexmeasures.data.models.planning.exceptions import InfeasibleProblemException
 from flexmeasures.data.models.planning.storage import StorageScheduler
 from flexmeasures.data.models.time_series import Sensor, TimedBelief
@@ -29,7 +28,7 @@ from sqlalchemy import select
 
 from cariflex.fleet import Battery, EVCharger, Fleet
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
-from flexmeasures_cariflex.data.services.site_setup import find_source, require_site, site_sensors
+from flexmeasures_cariflex.data.services.site_setup import ensure_source, require_site, site_sensors
 
 SCHEDULER_SOURCE = ("Cariflex scheduler", "scheduler")
 EV_SOC_MIN_PCT = 10.0
@@ -250,16 +249,6 @@ def _solve(site, start, end, resolution, belief_time, flex_model, flex_context) 
     return scheduler.compute(skip_validation=True)
 
 
-def _scheduler_source() -> DataSource:
-    name, source_type = SCHEDULER_SOURCE
-    source = find_source(name, source_type)
-    if source is None:
-        source = DataSource(name=name, type=source_type)
-        db.session.add(source)
-        db.session.flush()
-    return source
-
-
 def compute_fleet_schedule(  # noqa: C901
     fleet: Fleet,
     start: datetime,
@@ -470,7 +459,7 @@ def compute_fleet_schedule(  # noqa: C901
         return result
 
     began = time.perf_counter()
-    source = _scheduler_source()
+    source = ensure_source(*SCHEDULER_SOURCE)
     values = {}
     for name, schedule in result.devices.items():
         sensor = sensors[f"{name}_power"]

@@ -70,9 +70,14 @@ def schedule_status(fleet: Fleet) -> dict[str, Any]:
 
 
 def horizon() -> timedelta:
-    value = isodate.parse_duration(settings.get("CARIFLEX_SCHEDULE_HORIZON"))
+    """CARIFLEX_SCHEDULE_HORIZON; a bad value refuses the run (recorded in the status, logged)."""
+    text = settings.get("CARIFLEX_SCHEDULE_HORIZON")
+    try:
+        value = isodate.parse_duration(text)
+    except (isodate.ISO8601Error, ValueError, TypeError):
+        value = None
     if not isinstance(value, timedelta) or value <= timedelta(0):
-        raise ValueError(f"CARIFLEX_SCHEDULE_HORIZON must be a positive duration like PT24H, not {value}")
+        raise ScheduleRefused(f"CARIFLEX_SCHEDULE_HORIZON {text!r} must be a positive duration like PT24H")
     return value
 
 

@@ -65,6 +65,16 @@ def find_source(name: str, source_type: str) -> DataSource | None:
     )
 
 
+def ensure_source(name: str, source_type: str) -> DataSource:
+    """The data source, created (in the caller's transaction) if it does not exist yet."""
+    source = find_source(name, source_type)
+    if source is None:
+        source = DataSource(name=name, type=source_type)
+        db.session.add(source)
+        db.session.flush()
+    return source
+
+
 def _data_source(name: str, source_type: str, report: SetupReport) -> None:
     if find_source(name, source_type) is None:
         db.session.add(DataSource(name=name, type=source_type))
