@@ -20,13 +20,14 @@ nights and middays, dear evenings) until the operator supplies real prices.
 
 from __future__ import annotations
 
-import csv
 import logging
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
+from cariflex.price_file import PriceFileError
+from cariflex.price_file import read_price_csv as shared_read_price_csv
 from vtn import operations
 from vtn.events import PRICE_INTERVALS, SITE_TZ, InputError, price_draft
 from vtn.store import Event, Store
@@ -52,46 +53,11 @@ def tariff_prices() -> list[float]:
 
 
 def read_price_csv(path: str | Path) -> list[str]:
-    """The price column of a price file, as text (checked as numbers by the event draft).
-
-    Format: one row per hour, either ``price`` or ``hour,price``, an optional header row naming
-    the columns, '#' comments and blank lines ignored. With an ``hour`` column the hours must run
-    0..23 in order, which catches a missing or repeated row.
-    """
-    name = str(path)
+    """The price column of a price file (``cariflex.price_file``), as an operator input error."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # spreadsheets often add a BOM
-    except OSError as exc:
-        raise InputError(f"price file {name}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"price file {name}: not UTF-8 text (save it as CSV UTF-8)") from None
-    rows = [
-        (number, [cell.strip() for cell in row])
-        for number, row in enumerate(csv.reader(text.splitlines()), start=1)
-        if row and any(c.strip() for c in row) and not row[0].strip().startswith("#")
-    ]
-    if rows and any("price" in cell.lower() for cell in rows[0][1]):
-        header = [c.lower() for c in rows[0][1]]
-        rows = rows[1:]
-    else:
-        header = ["hour", "price"] if rows and len(rows[0][1]) == 2 else ["price"]
-    if "price" not in header:
-        raise InputError(f"price file {name}: no 'price' column in header {header}")
-    price_col = header.index("price")
-    hour_col = header.index("hour") if "hour" in header else None
-    prices = []
-    for expected_hour, (number, cells) in enumerate(rows):
-        if len(cells) != len(header):
-            raise InputError(
-                f"price file {name}, line {number}: expected {len(header)} column(s), got {len(cells)}"
-            )
-        if hour_col is not None and cells[hour_col] != str(expected_hour):
-            raise InputError(
-                f"price file {name}, line {number}: "
-                f"hour {cells[hour_col]!r} where {expected_hour} was expected"
-            )
-        prices.append(cells[price_col])
-    return prices
+        return shared_read_price_csv(path)
+    except PriceFileError as exc:
+        raise InputError(str(exc)) from None
 
 
 def day_ahead_start(today: date) -> datetime:
