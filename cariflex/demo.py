@@ -20,7 +20,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from cariflex import database, logs, settings
 
@@ -55,6 +57,32 @@ def run_flexmeasures(commands: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
     if result.returncode != 0:
         raise SystemExit(f"demo: `flexmeasures {commands}` failed (exit {result.returncode})")
+
+
+WEATHER_EVERY_S = 3600
+
+
+def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
+    """The demo's scheduler entry for issue 8: fetch the weather (Open-Meteo, else the synthetic model,
+    said so in the output) with the PV power it implies, back-filling missed hours, and store today's
+    and tomorrow's production price; at start and then hourly. A failure is logged, never fatal."""
+    from cariflex.fleet import load_fleet
+
+    tz = ZoneInfo(load_fleet(fleet_file).site.timezone)
+    fleet_flag = f" --fleet {fleet_file}" if fleet_file else ""
+    first = True
+    while not stop.is_set():
+        today = datetime.now(UTC).astimezone(tz)
+        commands = [f"cariflex weather fetch --source auto{fleet_flag}"]
+        if first:
+            commands.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet_flag}")
+        commands.append(f"cariflex production-price --no-replan{fleet_flag}")
+        cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
+        result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+        if result.returncode != 0:
+            log.warning("weather refresh failed", extra={"fields": {"exit": result.returncode}})
+        first = False
+        stop.wait(WEATHER_EVERY_S)
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -127,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             return 0
         server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
+        # Weather, PV power and the production price now and every hour after (in the background).
+        threading.Thread(
+            target=refresh_weather, args=(env, args.fleet, stop), name="weather", daemon=True
+        ).start()
 
         base = f"http://{bind}"
         vtn_admin = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_ADMIN_PORT')}"

@@ -136,6 +136,12 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             60,
             "every device following the schedule",
         )
+
+        # Weather (Open-Meteo is unreachable here: the synthetic model, said so) with PV power, and
+        # the production price, filled by the demo's hourly refresh.
+        for pattern in (r"Weather from (Open-Meteo|Simulator), .*pv_10_power", r"Production price for"):
+            if not any(re.search(pattern, line) for line in seen):
+                wait_for(lines, pattern, 180, seen)
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)

@@ -97,8 +97,10 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
         end = pd.Timestamp(now + timedelta(days=forecast_days or 2)).ceil("D").to_pydatetime()
     try:
         try:
+            # auto (the demo, island sites without internet): one retry, not three, before going offline.
+            kind = "synthetic" if source == "synthetic" else "open-meteo"
             result = fetch_weather(
-                fleet, start, end, source="synthetic" if source == "synthetic" else "open-meteo", now=now
+                fleet, start, end, source=kind, now=now, retries=1 if source == "auto" else 3
             )
         except WeatherUnreachable as exc:
             if source != "auto":

@@ -83,6 +83,8 @@ def store_production_prices(
     values = pd.Series(prices, index=pd.date_range(start, periods=24, freq="h"), dtype=float)
     before = latest_values([sensor], values.index[0], values.index[-1] + pd.Timedelta(hours=1))[sensor.id]
     changed = any(before.get(t.to_pydatetime()) != v for t, v in values.items())
+    if not changed:  # the same prices again: nothing new to store or plan for
+        return {"day": day.isoformat(), "written": 0, "changed": False, "replan": False}
     source = ensure_source(*SOURCE)
     written = insert_beliefs({sensor: values}, source, now)
     replan = False

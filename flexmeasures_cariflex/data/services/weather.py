@@ -274,6 +274,7 @@ def fetch_weather(
     now: datetime | None = None,
     session: requests.Session | None = None,
     backoff_s: float = 1.0,
+    retries: int = 3,
 ) -> FetchResult:
     """Weather for [start, end) (UTC) from Open-Meteo or the synthetic model, stored with the PV
     power it implies, in the caller's transaction (the caller commits)."""
@@ -305,6 +306,7 @@ def fetch_weather(
             (end_ts - pd.Timedelta(seconds=1)).date(),
             session=session,
             backoff_s=backoff_s,
+            retries=retries,
         )
         hourly, nulls = parse_hourly(payload)
         quarters = to_quarters(hourly)
