@@ -251,3 +251,24 @@ def test_production_price_from_the_tariff_or_a_csv(cli, fleet, fm_db, tmp_path):
     bad_day = cli("cariflex", "production-price", "--day", "2030-13-01")
     assert bad_day.exit_code == 1 and "is not a date" in bad_day.output
     assert belief_count(fm_db) == before
+
+
+def test_the_default_fetch_back_fills_from_the_last_measurement(cli, fleet, fm_db):
+    now = pd.Timestamp.now(tz="UTC")
+    start = (now - pd.Timedelta(hours=30)).floor("h")
+    first = cli(
+        "cariflex", "weather", "fetch", "--source", "synthetic",
+        "--start", start.isoformat(), "--end", (now - pd.Timedelta(hours=20)).floor("h").isoformat(),
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    last = stored(fm_db, fleet, "irradiance").index.max()
+    out = cli("cariflex", "weather", "fetch", "--source", "synthetic", "--json")
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    # The missed hours since the last measurement are fetched, then two days ahead.
+    assert pd.Timestamp(result["start"]) == last.floor("h")
+    assert pd.Timestamp(result["end"]) >= now + pd.Timedelta(days=2)
+    irradiance = stored(fm_db, fleet, "irradiance")
+    assert not irradiance.index.duplicated().any()
+    gap = pd.date_range(start, now.floor("15min"), freq="15min", inclusive="left")
+    assert gap.isin(irradiance.index).all()  # no hole between the two fetches
