@@ -116,6 +116,14 @@ VARIABLES: tuple[Variable, ...] = (
         "70",
         "what the grid pays for injected energy (EUR/MWh), flat; see --csv for hourly prices",
     ),
+    Variable("CARIFLEX_GRAFANA_DB_HOST", "127.0.0.1:5432", "database host:port Grafana's datasource reads"),
+    Variable("CARIFLEX_GRAFANA_DB_NAME", "cariflex", "database Grafana reads (the FlexMeasures one)"),
+    Variable("CARIFLEX_GRAFANA_DB_USER", "grafana_reader", "the SELECT-only role Grafana reads as"),
+    Variable(
+        "CARIFLEX_GRAFANA_DB_PASSWORD",
+        None,
+        "its password; unset = generated var/grafana_db_password (flexmeasures cariflex grafana-role)",
+    ),
     Variable(
         "CARIFLEX_VTN_PRICE_FILE",
         None,

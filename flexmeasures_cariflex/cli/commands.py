@@ -307,3 +307,33 @@ def _queue_schedule(start, horizon, dry_run: bool, fleet_file: str | None) -> No
         result_ttl=86400,
     )
     click.echo(f"Queued fleet schedule job {job.id}; run by: flexmeasures jobs run-worker --queue scheduling")
+
+
+@cariflex_bp.cli.command("grafana-role")
+@click.option(
+    "--password-env",
+    default="CARIFLEX_GRAFANA_DB_PASSWORD",
+    show_default=True,
+    help="Environment variable holding the role's password (unset: generated under var/ for the default).",
+)
+@with_appcontext
+def grafana_role(password_env: str) -> None:
+    """Create or update the SELECT-only role `grafana_reader` that Grafana reads FlexMeasures through
+    (SELECT on the five tables the dashboard reads, read-only transactions). Safe to run again."""
+    import os
+
+    from flexmeasures_cariflex.data.services.grafana_role import ROLE, TABLES, ensure_grafana_role
+
+    if password_env == "CARIFLEX_GRAFANA_DB_PASSWORD":
+        password = settings.secret("CARIFLEX_GRAFANA_DB_PASSWORD", "grafana_db_password")
+    else:
+        password = os.environ.get(password_env)
+        if not password:
+            _refuse(f"{password_env} is not set; it must hold the password for {ROLE}")
+    try:
+        outcome = ensure_grafana_role(password)
+        db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        _refuse(f"cannot create or update the role {ROLE}: {exc}")
+    click.echo(f"Role {ROLE} {outcome}: SELECT on {', '.join(TABLES)}; read-only transactions.")
