@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"cariflex setup{fleet_flag}",
                 f"cariflex ensure-admin{fleet_flag}",
                 f"cariflex ensure-ven-user{fleet_flag}",
+                "cariflex grafana-role",
             ],
             env,
         )

@@ -64,31 +64,48 @@ def latest(*patterns: str, values: str = "measured", time_filter: bool = True) -
     ORDER BY tb.sensor_id, tb.event_start, tb.belief_horizon, tb.source_id DESC"""
 
 
-def per_sensor(*patterns: str, values: str = "measured", scale: str = "l.event_value") -> str:
-    """One series per sensor, averaged per interval."""
-    return f"""SELECT $__timeGroupAlias(l.event_start, $__interval), s.name AS metric, avg({scale}) AS value
+def rollup_rows(*patterns: str) -> str:
+    """The site's measured 15-minute rollups (``cariflex_rollup_15min``, kept by the plugin)."""
+    return f"""FROM cariflex_rollup_15min r JOIN sensor s ON s.id = r.sensor_id
+  WHERE r.sensor_id IN ({SITE_SENSORS.format(names=names(*patterns))})
+    AND r.kind = 0 AND $__timeFilter(r.bucket)"""
+
+
+def per_sensor(*patterns: str, values: str = "measured") -> str:
+    """One series per sensor, averaged per interval. Measured values come from the 15-minute rollups
+    when the interval is 15 minutes or more, else from the beliefs themselves (only one branch runs:
+    PostgreSQL drops the other on its constant condition)."""
+    raw = f"""SELECT $__timeGroupAlias(l.event_start, $__interval), s.name AS metric,
+  avg(l.event_value) AS value
 FROM (
   {latest(*patterns, values=values)}
-) l JOIN sensor s ON s.id = l.sensor_id
+) l JOIN sensor s ON s.id = l.sensor_id"""
+    if values != "measured":
+        return raw + "\nGROUP BY 1, 2\nORDER BY 1, 2"
+    return f"""SELECT $__timeGroupAlias(r.bucket, $__interval), s.name AS metric, avg(r.value) AS value
+{rollup_rows(*patterns)}
+    AND $__interval_ms >= 900000
+GROUP BY 1, 2
+UNION ALL
+{raw}
+WHERE $__interval_ms < 900000
 GROUP BY 1, 2
 ORDER BY 1, 2"""
 
 
-def summed(label: str, *patterns: str, value: str = "l.event_value") -> str:
-    """Per interval: each sensor's average, summed over the sensors."""
+def summed(label: str, *patterns: str, value: str = "r.value") -> str:
+    """Per interval: each sensor's average, summed over the sensors (from the 15-minute rollups)."""
     return f"""SELECT g.time, sum(g.value) AS "{label}"
 FROM (
-  SELECT $__timeGroupAlias(l.event_start, $__interval), l.sensor_id, avg({value}) AS value
-  FROM (
-    {latest(*patterns)}
-  ) l JOIN sensor s ON s.id = l.sensor_id
+  SELECT $__timeGroupAlias(r.bucket, $__interval), r.sensor_id, avg({value}) AS value
+  {rollup_rows(*patterns)}
   GROUP BY 1, 2
 ) g
 GROUP BY 1
 ORDER BY 1"""
 
 
-NET_VALUE = "CASE WHEN s.name LIKE 'pv\\_%' THEN -l.event_value ELSE l.event_value END"
+NET_VALUE = "CASE WHEN s.name LIKE 'pv\\_%' THEN -r.value ELSE r.value END"
 DEVICE_POWER = ("bat_%_power", "ev_%_power", "pv_%_power")
 
 CAP = f"""SELECT $__timeGroupAlias(l.event_start, $__interval),
@@ -144,15 +161,8 @@ DAILY_COST = f"""SELECT $__timeGroupAlias(q.slot, '1d'),
   sum(CASE WHEN q.kw > 0 THEN q.kw * cp.price ELSE q.kw * coalesce(pp.price, cp.price) END / 4 / 1000)
     AS "energy cost (EUR)"
 FROM (
-  SELECT g.slot, sum(g.kw) AS kw
-  FROM (
-    SELECT to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900) AS slot, l.sensor_id,
-      avg({NET_VALUE}) AS kw
-    FROM (
-      {latest(*DEVICE_POWER)}
-    ) l JOIN sensor s ON s.id = l.sensor_id
-    GROUP BY 1, 2
-  ) g
+  SELECT r.bucket AS slot, sum({NET_VALUE}) AS kw
+  {rollup_rows(*DEVICE_POWER)}
   GROUP BY 1
 ) q
 LEFT JOIN (

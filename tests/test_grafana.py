@@ -194,10 +194,10 @@ def test_every_panel_query_runs_as_grafana_reader_and_counts_revisions_once(
         for variable in DASHBOARD["templating"]["list"]:
             columns, rows = run(conn, expand(variable["query"], start=start, end=end, variables=variables))
             assert rows, variable["name"]
-        for panel, target in targets():
-            sql = expand(target["rawSql"], start=start, end=end, interval="15m", variables=variables)
+        for (panel, target), interval in [(t, i) for t in targets() for i in ("2m", "15m")]:
+            sql = expand(target["rawSql"], start=start, end=end, interval=interval, variables=variables)
             columns, rows = run(conn, sql)
-            assert rows, f"{panel['title']}: no rows"
+            assert rows, f"{panel['title']} at {interval}: no rows"
             if target["format"] == "time_series":
                 assert "time" in columns, f"{panel['title']}: no time column in {columns}"
                 numeric = [i for i, c in enumerate(columns) if c not in ("time", "metric")]
@@ -251,3 +251,69 @@ def test_schedule_and_actual_are_separate_series_and_cap_follows_load_control(
 
 def test_rfc3339_is_utc():
     assert rfc3339(DAY) == DAY.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_rollups_follow_inserts_revisions_and_deletes_and_match_the_raw_beliefs(
+    app, cli, fm_db, fleet, filled, monkeypatch
+):
+    """The 15-minute rollups behind the week-long panels say what the raw beliefs say."""
+    from sqlalchemy import text
+
+    from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
+    from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
+
+    conn = reader_connection(app, monkeypatch, cli)
+    variables = {"site": fleet.site.name, "device": "bat_01"}
+    battery = next(t for p, t in targets() if p["title"] == "Battery power (charging +)")["rawSql"]
+    start, end = DAY, DAY + timedelta(days=1) - timedelta(seconds=1)
+
+    def series(interval: str) -> pd.Series:
+        columns, rows = run(
+            conn, expand(battery, start=start, end=end, interval=interval, variables=variables)
+        )
+        frame = pd.DataFrame(rows, columns=columns)
+        frame = frame[frame["metric"] == "bat_01_power"]
+        return frame.set_index("time")["value"].astype(float)
+
+    try:
+        rolled, raw = series("15m"), series("5m")  # rollups / beliefs themselves
+        assert len(rolled) == 96
+        regrouped = raw.groupby((raw.index // 900) * 900).mean()
+        assert np.allclose(rolled.to_numpy(), regrouped.to_numpy())
+
+        sensor = site_sensors(fleet)["bat_01_power"]
+        slot = pd.Timestamp(DAY) + pd.Timedelta(hours=3)
+        revised = pd.Series(1000.0, index=pd.date_range(slot, periods=15, freq="min"))
+        insert_beliefs(
+            {sensor: revised}, ensure_source("Simulator", "demo script"), slot - pd.Timedelta(days=1)
+        )
+        fm_db.session.commit()  # an older belief: the later one still counts, nothing changes
+        conn.rollback()
+        assert series("15m").loc[slot.timestamp()] == pytest.approx(rolled.loc[slot.timestamp()])
+        fm_db.session.execute(
+            text(
+                "UPDATE timed_belief SET event_value = 77 "
+                "WHERE sensor_id = :s AND event_start >= :a AND event_start < :b"
+            ),
+            {
+                "s": sensor.id,
+                "a": slot.to_pydatetime(),
+                "b": (slot + pd.Timedelta(minutes=15)).to_pydatetime(),
+            },
+        )
+        fm_db.session.commit()
+        conn.rollback()
+        assert series("15m").loc[slot.timestamp()] == pytest.approx(77)
+        fm_db.session.execute(
+            text("DELETE FROM timed_belief WHERE sensor_id = :s AND event_start >= :a AND event_start < :b"),
+            {
+                "s": sensor.id,
+                "a": slot.to_pydatetime(),
+                "b": (slot + pd.Timedelta(minutes=15)).to_pydatetime(),
+            },
+        )
+        fm_db.session.commit()
+        conn.rollback()
+        assert slot.timestamp() not in series("15m").index
+    finally:
+        conn.close()

@@ -9,7 +9,14 @@ from sqlalchemy import text
 
 ROLE = "grafana_reader"
 # What the Cariflex dashboard reads, and nothing else (no users, no tokens, no secrets).
-TABLES = ("timed_belief", "sensor", "generic_asset", "generic_asset_type", "data_source")
+TABLES = (
+    "timed_belief",
+    "sensor",
+    "generic_asset",
+    "generic_asset_type",
+    "data_source",
+    "cariflex_rollup_15min",
+)
 
 
 def _run(template: str, **args: str) -> None:

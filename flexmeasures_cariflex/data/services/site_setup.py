@@ -235,6 +235,9 @@ def setup_site(fleet: Fleet) -> SetupReport:
             count = len(extra.sensors)
             report.not_deleted.append(f"asset '{extra.name}' (id {extra.id}, {count} sensor(s))")
     db.session.flush()
+    from flexmeasures_cariflex.data.services.rollups import ensure_rollups
+
+    ensure_rollups()  # 15-minute rollups for Grafana, kept by triggers (database-wide, not per site)
     return report
 
 

@@ -1,0 +1,100 @@
+"""15-minute rollups of the latest beliefs, kept current by triggers, for Grafana.
+
+Why: a dashboard over a week of 1-minute data for 30 power sensors reads 300,000 beliefs and
+sorts them for "latest belief per event" (~400 ms); the same panel from 15-minute rollups reads
+20,000 rows. FlexMeasures' own migrations are not touched: ``flexmeasures cariflex setup`` creates
+(idempotently) the table ``cariflex_rollup_15min``, a refresh function and statement-level
+triggers on ``timed_belief`` (INSERT, UPDATE, DELETE, with transition tables), and fills the
+table from what is already stored when it first creates it.
+
+A row: the average over a 15-minute bucket of the latest belief per event (shortest horizon, as
+the dashboard's raw queries pick it) of one sensor, for ``kind`` 0 = measured/any non-scheduler
+source or 1 = the scheduler's beliefs. Each write to ``timed_belief`` recomputes just the buckets
+of the sensors it touched, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from flexmeasures.data import db
+from sqlalchemy import text
+
+TABLE = "cariflex_rollup_15min"
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    sensor_id integer NOT NULL REFERENCES sensor (id) ON DELETE CASCADE,
+    kind smallint NOT NULL,
+    bucket timestamptz NOT NULL,
+    value double precision,
+    PRIMARY KEY (sensor_id, kind, bucket)
+);
+
+CREATE OR REPLACE FUNCTION cariflex_refresh_rollup(
+    p_sensor_ids integer[], p_from timestamptz, p_to timestamptz
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    first_bucket timestamptz := to_timestamp(floor(extract(epoch FROM p_from) / 900) * 900);
+    last_bucket timestamptz := to_timestamp(floor(extract(epoch FROM p_to) / 900) * 900 + 900);
+BEGIN
+    DELETE FROM {TABLE}
+    WHERE sensor_id = ANY (p_sensor_ids) AND bucket >= first_bucket AND bucket < last_bucket;
+    INSERT INTO {TABLE} (sensor_id, kind, bucket, value)
+    SELECT l.sensor_id, l.kind, to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900),
+        avg(l.event_value)
+    FROM (
+        SELECT DISTINCT ON (tb.sensor_id, CASE WHEN ds.type = 'scheduler' THEN 1 ELSE 0 END, tb.event_start)
+            tb.sensor_id,
+            (CASE WHEN ds.type = 'scheduler' THEN 1 ELSE 0 END)::smallint AS kind,
+            tb.event_start, tb.event_value
+        FROM timed_belief tb JOIN data_source ds ON ds.id = tb.source_id
+        WHERE tb.sensor_id = ANY (p_sensor_ids)
+          AND tb.event_start >= first_bucket AND tb.event_start < last_bucket
+          AND tb.cumulative_probability = 0.5
+        ORDER BY tb.sensor_id, CASE WHEN ds.type = 'scheduler' THEN 1 ELSE 0 END, tb.event_start,
+            tb.belief_horizon, tb.source_id DESC
+    ) l
+    GROUP BY 1, 2, 3;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cariflex_rollup_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT sensor_id, min(event_start) AS low, max(event_start) AS high FROM changed_rows GROUP BY 1
+    LOOP
+        PERFORM cariflex_refresh_rollup(ARRAY[r.sensor_id], r.low, r.high);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS cariflex_rollup_insert ON timed_belief;
+CREATE TRIGGER cariflex_rollup_insert AFTER INSERT ON timed_belief
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
+DROP TRIGGER IF EXISTS cariflex_rollup_update ON timed_belief;
+CREATE TRIGGER cariflex_rollup_update AFTER UPDATE ON timed_belief
+    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
+DROP TRIGGER IF EXISTS cariflex_rollup_delete ON timed_belief;
+CREATE TRIGGER cariflex_rollup_delete AFTER DELETE ON timed_belief
+    REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
+"""
+
+
+def ensure_rollups() -> bool:
+    """Create or update the rollup table, function and triggers (caller commits).
+
+    True when the table was new (it is then filled from the beliefs already stored).
+    """
+    new = db.session.execute(text("SELECT to_regclass(:t) IS NULL"), {"t": TABLE}).scalar_one()
+    db.session.connection().exec_driver_sql(_DDL)  # plpgsql bodies: no bind-parameter parsing
+    if new:
+        db.session.execute(
+            text(
+                "SELECT cariflex_refresh_rollup(array_agg(sensor_id), min(event_start), max(event_start)) "
+                "FROM (SELECT sensor_id, min(event_start) AS event_start FROM timed_belief GROUP BY 1 "
+                "UNION ALL SELECT sensor_id, max(event_start) FROM timed_belief GROUP BY 1) s "
+                "HAVING count(*) > 0"
+            )
+        )
+    return bool(new)
