@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,6 +35,21 @@ def _refuse(message: str) -> NoReturn:
     click.secho(f"Error: {message}", fg="red", err=True)
     click.echo("Nothing was written to the database.", err=True)
     sys.exit(1)
+
+
+@contextmanager
+def writing(*refused: type[Exception]) -> Iterator[None]:
+    """One transaction for a command: committed at the end; on a refusal rolled back and the command
+    exits 1 with the reason ("Nothing was written"); on anything else rolled back and raised."""
+    try:
+        yield
+        db.session.commit()
+    except refused as exc:
+        db.session.rollback()
+        _refuse(str(exc))
+    except Exception:
+        db.session.rollback()
+        raise
 
 
 def _load(fleet_file: str | None) -> Fleet:
@@ -170,15 +186,8 @@ def ingest_event_command(event_file: str, no_replan: bool, fleet_file: str | Non
         _refuse(f"{event_file} cannot be read: {exc.strerror or exc}")
     except ValueError as exc:
         _refuse(f"{event_file} is not valid JSON: {exc}")
-    try:
+    with writing(IngestError, SiteNotReady):
         result = ingest_event(event, fleet)
-        db.session.commit()
-    except (IngestError, SiteNotReady) as exc:
-        db.session.rollback()
-        _refuse(str(exc))
-    except Exception:
-        db.session.rollback()
-        raise
     click.echo(result.summary())
     if result.replan and not no_replan:
         _echo_replan(replan_now(fleet))

@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 from flexmeasures.data import db
 
 from flexmeasures_cariflex import cariflex_bp
-from flexmeasures_cariflex.cli.commands import _echo_replan, _load, _refuse, fleet_option
+from flexmeasures_cariflex.cli.commands import _echo_replan, _load, _refuse, fleet_option, writing
 
 BACKFILL_LIMIT = timedelta(days=7)
 DEFAULT_BACKFILL = timedelta(days=2)
@@ -95,7 +95,7 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
     else:
         start = pd.Timestamp(_backfill_start(fleet, now)).floor("h").to_pydatetime()
         end = pd.Timestamp(now + timedelta(days=forecast_days or 2)).ceil("D").to_pydatetime()
-    try:
+    with writing(WeatherError, SiteNotReady):
         try:
             # auto (the demo, island sites without internet): one retry, not three, before going offline.
             kind = "synthetic" if source == "synthetic" else "open-meteo"
@@ -110,13 +110,6 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
             )
             db.session.rollback()
             result = fetch_weather(fleet, start, end, source="synthetic", now=now)
-        db.session.commit()
-    except (WeatherError, SiteNotReady) as exc:
-        db.session.rollback()
-        _refuse(str(exc))
-    except Exception:
-        db.session.rollback()
-        raise
     if as_json:
         click.echo(
             json.dumps(
@@ -159,18 +152,11 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
         day = date.fromisoformat(day_text) if day_text else default_day(fleet)
     except ValueError:
         _refuse(f"--day {day_text!r} is not a date like 2026-11-25")
-    try:
+    with writing(PriceRefused, SiteNotReady):
         prices = hourly_prices(csv_file, tariff)
         if tariff is not None and not 0 <= tariff <= 10_000:
             raise PriceRefused(f"--tariff {tariff:g} EUR/MWh is outside 0..10000")
         outcome = store_production_prices(fleet, day, prices)
-        db.session.commit()
-    except (PriceRefused, SiteNotReady) as exc:
-        db.session.rollback()
-        _refuse(str(exc))
-    except Exception:
-        db.session.rollback()
-        raise
     click.echo(
         f"Production price for {outcome['day']}: {min(prices):g}-{max(prices):g} EUR/MWh, "
         f"{outcome['written']} beliefs" + ("" if outcome["changed"] else " (unchanged)")
