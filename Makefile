@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lint install constraints clean
+.PHONY: help demo test lint install constraints clean backup
 
 help:
 	@echo "make demo         run Cariflex EMS locally (embedded database unless CARIFLEX_DATABASE_URL is set)"
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# A manual backup of the local setup (var/backups), verified; cron uses scripts/crontab.example.
+backup: $(STAMP)
+	scripts/full_backup.sh --dest var/backups
+	scripts/verify_backup.sh "$$(ls -1 var/backups/*.tar.gz | tail -n 1)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -125,6 +125,11 @@ VARIABLES: tuple[Variable, ...] = (
         "its password; unset = generated var/grafana_db_password (flexmeasures cariflex grafana-role)",
     ),
     Variable(
+        "CARIFLEX_BACKUP_PG_DUMP",
+        "pg_dump",
+        "pg_dump command for backups (compose: docker compose exec -T db pg_dump, to match the server)",
+    ),
+    Variable(
         "CARIFLEX_VTN_PRICE_FILE",
         None,
         "CSV of 24 hourly prices (EUR/MWh) for day-ahead; unset = tariff model",
