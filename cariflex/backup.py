@@ -115,8 +115,22 @@ def create(
     with tempfile.TemporaryDirectory(prefix="cariflex-backup-") as work:
         stage = Path(work) / stamp
         stage.mkdir()
+        redis_snapshot: subprocess.Popen | None = None
         try:
             pg_dump = shlex.split(settings.get("CARIFLEX_BACKUP_PG_DUMP"))
+            # The Redis snapshot runs beside the dumps: Redis waits repl-diskless-sync-delay (5 s by
+            # default) before it sends an RDB, time the dumps can use.
+            redis_snapshot = (
+                subprocess.Popen(  # noqa: SIM115 (waited for below, killed on failure)
+                    ["redis-cli", "-u", _redis_no_password(redis_url), "--rdb", str(stage / "redis.rdb")],
+                    env={**os.environ, **_redis_auth(redis_url)},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                if redis_url
+                else None
+            )
             dsn, env = _libpq(fm_url)
             with (stage / "flexmeasures.dump").open("w") as out:
                 _run(
@@ -140,9 +154,14 @@ def create(
                 with (stage / "vtn.dump").open("w") as out:
                     _run("VTN store (pg_dump)", [*pg_dump, "-Fc", "-Z", "1", "-d", dsn], env, stdout=out)
                 manifest["items"]["vtn.dump"] = {"what": "VTN event store, pg_dump -Fc"}
-            if redis_url:
-                _run("redis (redis-cli --rdb)", ["redis-cli", "-u", _redis_no_password(redis_url), "--rdb",
-                     str(stage / "redis.rdb")], _redis_auth(redis_url))  # fmt: skip
+            if redis_snapshot is not None:
+                try:
+                    output, _ = redis_snapshot.communicate(timeout=3600)
+                except subprocess.TimeoutExpired:
+                    redis_snapshot.kill()
+                    raise StepFailed("redis (redis-cli --rdb)", "no snapshot within an hour") from None
+                if redis_snapshot.returncode != 0:
+                    raise StepFailed("redis (redis-cli --rdb)", (output or "").strip()[-800:])
                 if not (stage / "redis.rdb").exists() or (stage / "redis.rdb").stat().st_size == 0:
                     raise StepFailed("redis (redis-cli --rdb)", "no snapshot was written")
                 db_index = (urlparse(redis_url).path or "/0").strip("/") or "0"
@@ -173,6 +192,9 @@ def create(
             os.chmod(partial, 0o600)
             os.replace(partial, final)
         except BaseException:
+            if redis_snapshot is not None and redis_snapshot.poll() is None:
+                redis_snapshot.kill()
+                redis_snapshot.wait()
             partial.unlink(missing_ok=True)
             raise
     return final
