@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from tests.conftest import database_server_url  # noqa: E402
 from tests.grafana_macros import expand  # noqa: E402
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / "cariflex.json"
-PASSWORD = "bench-grafana-reader"
+PASSWORD = secrets.token_urlsafe(16)  # this run's grafana_reader password
 
 
 def load(url: str, days: int) -> tuple[dict, datetime]:

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -192,7 +193,7 @@ def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-FM_VEN_PASSWORD = "test-ven-password"
+FM_VEN_PASSWORD = secrets.token_urlsafe(16)  # the VEN login of this test run
 
 
 class FlexMeasuresServer:

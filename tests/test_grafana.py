@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,7 +25,7 @@ GRAFANA = ROOT / "grafana"
 DASHBOARD = json.loads((GRAFANA / "dashboards" / "cariflex.json").read_text(encoding="utf-8"))
 TZ = ZoneInfo("America/Martinique")
 DAY = datetime.combine(datetime.now(TZ).date() - timedelta(days=1), datetime.min.time(), TZ)  # yesterday
-PASSWORD = "grafana-test-password"
+PASSWORD = secrets.token_urlsafe(16)  # this run's grafana_reader password
 
 
 def targets():
