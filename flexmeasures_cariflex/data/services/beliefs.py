@@ -152,3 +152,22 @@ def latest_values(
     for sensor_id, event_start, value in rows:
         found[sensor_id][event_start] = value
     return found
+
+
+def changed_sensors(values: Mapping[Sensor, Mapping[datetime, float]]) -> list[str]:
+    """Names of the sensors where a written value differs from the one believed until now.
+
+    Re-planning follows only real changes: the same prices sent again (a new OpenADR modification,
+    the same feed-in tariff) write new beliefs but change nothing to plan for.
+    """
+    written = [sensor for sensor, by_slot in values.items() if by_slot]
+    if not written:
+        return []
+    low = min(min(values[s]) for s in written)
+    high = max(max(values[s]) for s in written) + max(s.event_resolution for s in written)
+    before = latest_values(written, low, high)
+    return [
+        sensor.name
+        for sensor in written
+        if any(before[sensor.id].get(slot) != value for slot, value in values[sensor].items())
+    ]

@@ -53,7 +53,7 @@ from sqlalchemy import select
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import SOURCE_VTN
-from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
+from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
 from flexmeasures_cariflex.data.services.site_setup import (
     SiteNotReady,
@@ -490,25 +490,6 @@ def _load_control_values(
     return {LOAD_CONTROL_SENSOR: levels, DR_SENSOR: flags}
 
 
-def _changes(values: dict[Sensor, dict[datetime, float]]) -> list[str]:
-    """Names of the sensors where a written value differs from the one believed until now.
-
-    Re-planning follows only real changes: a VTN re-sending the same prices in a new modification
-    writes new beliefs (newer belief time) but changes nothing to plan for.
-    """
-    written = [sensor for sensor, by_slot in values.items() if by_slot]
-    if not written:
-        return []
-    low = min(min(values[s]) for s in written)
-    high = max(max(values[s]) for s in written) + max(s.event_resolution for s in written)
-    before = latest_values(written, low, high)
-    return [
-        sensor.name
-        for sensor in written
-        if any(before[sensor.id].get(slot) != value for slot, value in values[sensor].items())
-    ]
-
-
 def _pruned(ledger: dict[str, dict[str, Any]], now: datetime, keep: str) -> dict[str, dict[str, Any]]:
     cutoff = now - LEDGER_RETENTION
     out = {}
@@ -568,7 +549,7 @@ def ingest_event(event: Any, fleet: Fleet, *, now: datetime | None = None) -> In
     else:
         by_name = _load_control_values(parsed, previous, ledger, sensors)
     by_sensor = {sensors[name]: values for name, values in by_name.items()}
-    changed = _changes(by_sensor)
+    changed = changed_sensors(by_sensor)
     insert_beliefs(by_sensor, source, parsed.modified)
 
     ledger = _pruned(ledger, now or datetime.now(UTC), keep=parsed.event_id)

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from cariflex import settings
 from cariflex.fleet import Fleet
 from cariflex.price_file import read_price_csv
-from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
+from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
 from flexmeasures_cariflex.data.services.site_setup import (
     SiteNotReady,
@@ -81,8 +81,7 @@ def store_production_prices(
     tz = ZoneInfo(fleet.site.timezone)
     start = pd.Timestamp(datetime.combine(day, time(0), tz)).tz_convert("UTC")
     values = pd.Series(prices, index=pd.date_range(start, periods=24, freq="h"), dtype=float)
-    before = latest_values([sensor], values.index[0], values.index[-1] + pd.Timedelta(hours=1))[sensor.id]
-    changed = any(before.get(t.to_pydatetime()) != v for t, v in values.items())
+    changed = bool(changed_sensors({sensor: {t.to_pydatetime(): v for t, v in values.items()}}))
     if not changed:  # the same prices again: nothing new to store or plan for
         return {"day": day.isoformat(), "written": 0, "changed": False, "replan": False}
     source = ensure_source(*SOURCE)
