@@ -181,6 +181,13 @@ class Replanner:
             self._due = min(now + self.debounce_s, self._first + MAX_WAIT_FACTOR * self.debounce_s)
             self._cond.notify_all()
 
+    def flush(self) -> None:
+        """Run what is pending now rather than after the debounce (tests, shutdown)."""
+        with self._cond:
+            if self._due is not None:
+                self._due = time.monotonic()
+                self._cond.notify_all()
+
     def wait_idle(self, timeout: float) -> bool:
         """True once nothing is pending or running (for tests and shutdown)."""
         deadline = time.monotonic() + timeout
