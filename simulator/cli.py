@@ -85,7 +85,27 @@ def parser() -> argparse.ArgumentParser:
         "arrival/departure times",
     )
     run.add_argument("--log-level", default=None, help="log level ($CARIFLEX_LOG_LEVEL, default INFO)")
+    check = commands.add_parser(
+        "check",
+        help="exit 0 when the CEM's S2 port accepts connections (container health check)",
+    )
+    check.add_argument("--s2-url", default=None, help="the CEM's S2 WebSocket (default as for run)")
     return top
+
+
+def check(url: str) -> int:
+    """Simulated devices without a reachable CEM only idle: that is what makes the container unhealthy."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 80), timeout=5).close()
+    except OSError as exc:
+        print(f"cariflex-sim: CEM at {url} unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(f"CEM at {url} reachable")
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -122,6 +142,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.s2_url or default_url())
     logs.configure(args.log_level)
     return asyncio.run(_run(args))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -414,6 +415,19 @@ def test_ensure_ven_user_creates_once_with_the_role(cli, fm_db, monkeypatch, tmp
     second = cli("cariflex", "ensure-ven-user")
     assert "VEN user exists: ven@cariflex.example" in second.output
     assert password not in second.output
+
+
+def test_a_password_from_the_environment_is_never_echoed(cli, fm_db, monkeypatch, tmp_path):
+    """Container logs keep everything: an operator's password must not land there."""
+    password = secrets.token_urlsafe(12)
+    monkeypatch.setenv("CARIFLEX_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CARIFLEX_FM_PASSWORD", password)
+    monkeypatch.delenv("CARIFLEX_FM_USER", raising=False)
+    result = cli("cariflex", "ensure-ven-user")
+    assert result.exit_code == 0, result.output
+    assert "VEN user created: ven@cariflex.example  password: $CARIFLEX_FM_PASSWORD" in result.output
+    assert password not in result.output
+    assert not (tmp_path / "var" / "fm_ven_password").exists()
 
 
 def test_refusal_is_a_value_error():

@@ -348,3 +348,18 @@ def test_modify_duration_of_per_hour_levels_needs_levels(vtn_cli, vtn_store_url)
     event_id = json.loads(created.output)["event_id"]
     output = refused(vtn_cli, vtn_store_url, "event", "modify", event_id, "--duration", "PT3H")
     assert "give --levels for the new hours too" in output
+
+
+def test_exist_ok_provisioning_is_idempotent_and_still_refuses_bad_names(vtn_cli, vtn_store_url):
+    """What the VTN container runs at every start (docker-compose.yml)."""
+    import json
+
+    first = json.loads(vtn_cli("ven", "add", "ven-container", "--exist-ok", "--json").output)
+    again = vtn_cli("ven", "add", "ven-container", "--exist-ok")
+    assert again.exit_code == 0, again.output
+    assert f"VEN ven-container was provisioned already (ven_id {first['ven_id']})" in again.output
+    assert [v["ven_name"] for v in json.loads(vtn_cli("ven", "list", "--json").output)].count(
+        "ven-container"
+    ) == 1
+    output = refused(vtn_cli, vtn_store_url, "ven", "add", "bad name!", "--exist-ok")
+    assert "VEN name 'bad name!' must be" in output

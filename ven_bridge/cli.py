@@ -49,6 +49,12 @@ def cli() -> None:
     "--vtn-fingerprint", default=None, help="Expected fingerprint of the VTN's signing certificate."
 )
 @click.option(
+    "--s2-host",
+    default=lambda: settings.get("CARIFLEX_S2_HOST"),
+    show_default="127.0.0.1",
+    help="Address the S2 CEM binds to; 0.0.0.0 in containers ($CARIFLEX_S2_HOST).",
+)
+@click.option(
     "--s2-port",
     type=int,
     default=lambda: int(settings.get("CARIFLEX_S2_PORT")),
@@ -79,6 +85,7 @@ def run(
     key,
     ca_file,
     vtn_fingerprint,
+    s2_host,
     s2_port,
     telemetry_seconds,
     schedule_poll_s,
@@ -114,6 +121,7 @@ def run(
         ca_file=ca_file,
         vtn_fingerprint=vtn_fingerprint,
         telemetry_seconds=telemetry_seconds,
+        s2_host=s2_host,
         s2_port=s2_port,
         schedule_poll_s=schedule_poll_s,
     )

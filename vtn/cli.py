@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -66,9 +66,13 @@ def _run(func, *args, **kwargs) -> Any:
     try:
         return func(*args, **kwargs)
     except ERRORS as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
-        click.echo("Nothing was changed.", err=True)
-        sys.exit(1)
+        _fail(exc)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    click.secho(f"Error: {exc}", fg="red", err=True)
+    click.echo("Nothing was changed.", err=True)
+    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,12 +211,23 @@ def ven() -> None:
 @ven.command("add")
 @click.argument("name")
 @click.option("--fingerprint", default=None, help="Certificate fingerprint the VEN must present (TLS).")
+@click.option("--exist-ok", is_flag=True, help="Succeed, changing nothing, when NAME is provisioned already.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def ven_add(ctx, name: str, fingerprint: str | None, as_json: bool) -> None:
+def ven_add(ctx, name: str, fingerprint: str | None, exist_ok: bool, as_json: bool) -> None:
     """Provision VEN NAME."""
-    result = _run(_backend(ctx).call, "add_ven", name, fingerprint)
-    _emit(result, as_json, f"provisioned VEN {result['ven_name']} (ven_id {result['ven_id']})")
+    backend = _backend(ctx)
+    try:
+        result = backend.call("add_ven", name, fingerprint)
+        text = f"provisioned VEN {result['ven_name']} (ven_id {result['ven_id']})"
+    except Conflict as exc:
+        if not exist_ok:  # a container start provisions its VEN every time (docker-compose.yml)
+            _fail(exc)
+        result = next(v for v in _run(backend.call, "list_vens") if v["ven_name"] == name)
+        text = f"VEN {name} was provisioned already (ven_id {result['ven_id']})"
+    except ERRORS as exc:
+        _fail(exc)
+    _emit(result, as_json, text)
 
 
 @ven.command("list")

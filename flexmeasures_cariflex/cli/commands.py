@@ -134,8 +134,10 @@ def _ensure_login(
         db.session.rollback()
         raise
     if created:
-        click.echo(f"{label} created: {email}  password: {password}")
-        if not settings.get(password_variable):
+        if settings.get(password_variable):  # the operator's own: never echoed into logs
+            click.echo(f"{label} created: {email}  password: ${password_variable}")
+        else:
+            click.echo(f"{label} created: {email}  password: {password}")
             click.echo(f"(stored in {settings.var_dir() / password_file}; shown only this once)")
         return
     click.echo(f"{label} exists: {email} (password unchanged)")
