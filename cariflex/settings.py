@@ -133,6 +133,20 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "CSV of 24 hourly prices (EUR/MWh) for day-ahead; unset = tariff model",
     ),
+    # --- insights (flexmeasures cariflex statistics, alerts, carbon-intensity) ---
+    Variable(
+        "CARIFLEX_CARBON_INTENSITY",
+        "525",
+        "grid carbon intensity (gCO2/kWh) where no hourly value is stored; 525 = Martinique 2022",
+    ),
+    Variable(
+        "CARIFLEX_CARBON_INTENSITY_FILE", None, "CSV of 24 hourly carbon intensities (gCO2/kWh); unset = flat"
+    ),
+    Variable(
+        "CARIFLEX_ALERT_SILENT_PERIODS",
+        "15",
+        "a device sensor without a reading for this many of its periods raises a 'silent' alert",
+    ),
     # --- the compose deployment (docker-compose.yml refuses to start without these) ---
     Variable(
         "CARIFLEX_DOMAIN",
@@ -182,6 +196,18 @@ def get(name: str) -> str | None:
     if value is None:
         value = _dotenv().get(name)
     return value if value else _BY_NAME[name].default
+
+
+def number(name: str, low: float, high: float, unit: str) -> float:
+    """A numeric setting within ``low..high``; ValueError naming the variable and the problem."""
+    raw = get(name)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {raw!r} is not a number ({unit})") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value:g} {unit} is outside {low:g}..{high:g}")
+    return value
 
 
 def var_dir() -> Path:

@@ -21,6 +21,7 @@ from cariflex.fleet import Fleet, as_dict
 ONE_MINUTE = timedelta(minutes=1)
 QUARTER = timedelta(minutes=15)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 # Asset type names as FlexMeasures knows them (its StorageScheduler treats *_evse as storage).
 TYPE_SITE = "site"
@@ -30,12 +31,30 @@ TYPE_EV_ONE_WAY = "one-way_evse"
 TYPE_EV_TWO_WAY = "two-way_evse"
 TYPE_WEATHER = "weather station"
 TYPE_GRID_SIGNALS = "grid signals"
+TYPE_INSIGHTS = "insights"
+INSIGHTS_ASSET = "insights"
 
 # Data sources other components write as (setup creates them so the UI can name them).
 SOURCE_SIMULATOR = ("Simulator", "demo script")
 SOURCE_OPEN_METEO = ("Open-Meteo", "forecaster")
 SOURCE_VTN = ("OpenADR VTN", "gateway")
-DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN)
+SOURCE_INSIGHTS = ("Cariflex insights", "reporter")
+DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN, SOURCE_INSIGHTS)
+
+# The insights asset's sensors (flexmeasures_cariflex/data/services: statistics.py,
+# flexibility.py, dr_verification.py), each with the figure of the result it holds.
+DAILY_STATISTICS = {  # daily values in the site's local days
+    "site_energy_imported": ("consumed_kwh", "kWh"),
+    "site_energy_exported": ("injected_kwh", "kWh"),
+    "site_energy_cost": ("cost_eur", "EUR"),
+    "site_energy_revenue": ("revenue_eur", "EUR"),
+    "site_co2": ("co2_kg", "kg"),
+    "site_self_consumption": ("self_consumption_pct", "%"),
+    "site_battery_share": ("battery_share_pct", "%"),
+    "site_grid_share": ("grid_share_pct", "%"),
+}
+FLEXIBILITY_SENSORS = {"fleet_flexibility_up": "up_kw", "fleet_flexibility_down": "down_kw"}
+DR_SENSORS = {"dr_delivered_energy": ("delivered_kwh", "kWh"), "dr_delivered_share": ("delivered_pct", "%")}
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,24 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 SensorSpec("production_price", "EUR/MWh", HOUR),
                 SensorSpec("load_control_signal", "%", QUARTER),
                 SensorSpec("demand_response_signal", "dimensionless", QUARTER),
+                SensorSpec("grid_carbon_intensity", "gCO2/kWh", HOUR),
+            ),
+        )
+    )
+    assets.append(
+        AssetSpec(
+            INSIGHTS_ASSET,
+            TYPE_INSIGHTS,
+            site.latitude,
+            site.longitude,
+            {},
+            (
+                *(
+                    SensorSpec(name, unit, DAY, {"timezone": site.timezone})
+                    for name, (_, unit) in DAILY_STATISTICS.items()
+                ),
+                *(SensorSpec(name, "kW", QUARTER) for name in FLEXIBILITY_SENSORS),
+                *(SensorSpec(name, unit, QUARTER) for name, (_, unit) in DR_SENSORS.items()),
             ),
         )
     )

@@ -12,7 +12,7 @@ from cariflex import __version__
 cariflex_bp = Blueprint("cariflex", __name__, cli_group="cariflex")
 
 from flexmeasures_cariflex.api import cariflex_api_bp  # noqa: E402  (registered by FlexMeasures)
-from flexmeasures_cariflex.cli import commands, weather  # noqa: E402,F401  (registers the CLI commands)
+from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,F401  (registers the CLI commands)
 from flexmeasures_cariflex.compat import warn_about_untested_dependencies  # noqa: E402
 
 warn_about_untested_dependencies()

@@ -74,35 +74,46 @@ WEATHER_EVERY_S = 3600
 
 
 def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
-    """The hourly refresh (the demo, and the worker container): fetch the weather (Open-Meteo, else
-    the synthetic model, said so in the output) with the PV power it implies, back-filling missed
-    hours, and store today's and tomorrow's production price; at start and then hourly. A failure
-    is logged, never fatal."""
+    """The hourly refresh (the demo, and the worker container), at start and then every hour:
+
+    1. the weather (Open-Meteo, else the synthetic model, said so in the output) with the PV power
+       it implies, back-filling missed hours, and today's and tomorrow's production price;
+    2. the insights: carbon intensity, today's site statistics (yesterday's too at start), the
+       fleet's flexibility, DR verification of the last two days, and the alert checks.
+
+    Each part runs as its own batch, so a failure of one (logged, never fatal) leaves the other."""
     from cariflex.fleet import FleetError, load_fleet
 
     try:
         tz = ZoneInfo(load_fleet(fleet_file).site.timezone)
     except FleetError as exc:
-        log.error(
-            "weather refresh disabled: the fleet file is invalid", extra={"fields": {"error": str(exc)}}
-        )
+        log.error("hourly refresh disabled: the fleet file is invalid", extra={"fields": {"error": str(exc)}})
         return
-    fleet_flag = f" --fleet {fleet_file}" if fleet_file else ""
+    fleet = f" --fleet {fleet_file}" if fleet_file else ""
     first = True
     while not stop.is_set():
         today = datetime.now(UTC).astimezone(tz)
-        commands = [f"cariflex weather fetch --source auto{fleet_flag}"]
+        weather = [f"cariflex weather fetch --source auto{fleet}"]
+        insights = [f"cariflex carbon-intensity{fleet}"]
         if first:
-            commands.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet_flag}")
-        commands.append(f"cariflex production-price --no-replan{fleet_flag}")
-        cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
-        try:
-            result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
-        except OSError as exc:  # the loop must outlive one bad hour
-            log.warning("weather refresh could not start", extra={"fields": {"error": str(exc)}})
-        else:
+            weather.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet}")
+            insights.append(f"cariflex statistics --day {today - timedelta(days=1):%Y-%m-%d}{fleet}")
+        weather.append(f"cariflex production-price --no-replan{fleet}")
+        insights += [
+            f"cariflex statistics{fleet}",
+            f"cariflex flexibility --store{fleet}",
+            f"cariflex dr-verification --since P2D --store{fleet}",
+            f"cariflex alerts check{fleet}",
+        ]
+        for part, commands in (("weather", weather), ("insights", insights)):
+            cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
+            try:
+                result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+            except OSError as exc:  # the loop must outlive one bad hour
+                log.warning("refresh could not start", extra={"fields": {"part": part, "error": str(exc)}})
+                continue
             if result.returncode != 0:
-                log.warning("weather refresh failed", extra={"fields": {"exit": result.returncode}})
+                log.warning("refresh failed", extra={"fields": {"part": part, "exit": result.returncode}})
         first = False
         stop.wait(WEATHER_EVERY_S)
 

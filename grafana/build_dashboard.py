@@ -179,6 +179,47 @@ GROUP BY 1
 ORDER BY 1"""
 
 
+ALERTS = f"""SELECT a.event_start AS "time", s.name AS "sensor", a.rule AS "rule",
+  a.value AS "value", a.detail AS "detail"
+FROM cariflex_alert a JOIN sensor s ON s.id = a.sensor_id
+WHERE a.sensor_id IN ({SITE_SENSORS.format(names="true")})
+  AND $__timeFilter(a.event_start)
+ORDER BY a.event_start DESC, s.name
+LIMIT 500"""
+
+
+def pivot(columns: dict[str, str]) -> str:
+    """One row per event start, one column per sensor (latest belief each), for a table panel."""
+    picks = ",\n  ".join(
+        f"max(CASE WHEN s.name = '{name}' THEN l.event_value END) AS \"{label}\""
+        for name, label in columns.items()
+    )
+    return f"""SELECT l.event_start AS "time",
+  {picks}
+FROM (
+  {latest(*columns, values="any")}
+) l JOIN sensor s ON s.id = l.sensor_id
+GROUP BY 1
+ORDER BY 1 DESC"""
+
+
+DR_VERIFICATION = pivot(
+    {"dr_delivered_energy": "delivered (kWh)", "dr_delivered_share": "of the request (%)"}
+)
+DAILY_STATISTICS = pivot(
+    {
+        "site_energy_imported": "imported (kWh)",
+        "site_energy_exported": "exported (kWh)",
+        "site_energy_cost": "cost (EUR)",
+        "site_energy_revenue": "revenue (EUR)",
+        "site_co2": "CO2 (kg)",
+        "site_self_consumption": "PV self-consumed (%)",
+        "site_battery_share": "load from batteries (%)",
+        "site_grid_share": "load from the grid (%)",
+    }
+)
+
+
 def target(sql: str, ref: str = "A", fmt: str = "time_series") -> dict[str, Any]:
     return {
         "refId": ref,
@@ -254,6 +295,30 @@ def dashboard() -> dict[str, Any]:
         ),
         panel(15, "Data freshness", (12, 58, 12, 8), [target(FRESHNESS, fmt="table")], "m", "table"),
         panel(16, "Daily energy cost", (0, 66, 24, 8), [target(DAILY_COST)], "currencyEUR", "barchart"),
+        panel(
+            17,
+            "Fleet flexibility: could add / shed (kW)",
+            (0, 74, 12, 8),
+            [target(per_sensor("fleet_flexibility_%"))],
+            "kwatt",
+        ),
+        panel(18, "Alerts", (12, 74, 12, 8), [target(ALERTS, fmt="table")], "none", "table"),
+        panel(
+            19,
+            "DR verification per load-control event",
+            (0, 82, 12, 8),
+            [target(DR_VERIFICATION, fmt="table")],
+            "none",
+            "table",
+        ),
+        panel(
+            20,
+            "Daily statistics (site)",
+            (12, 82, 12, 8),
+            [target(DAILY_STATISTICS, fmt="table")],
+            "none",
+            "table",
+        ),
     ]
     freshness = panels[14]["fieldConfig"]["defaults"]
     freshness["thresholds"] = {

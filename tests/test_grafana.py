@@ -156,6 +156,18 @@ def filled(app, cli, fm_db, fleet):
     synthetic = ensure_source("Simulator", "demo script")
     insert_beliefs({sensors["irradiance"]: pd.Series({slot: 111.0})}, synthetic, slot - pd.Timedelta(hours=6))
     insert_beliefs({sensors["irradiance"]: pd.Series({slot: 222.0})}, synthetic, None)
+    # The insights panels: an impossible reading (an alert), the fleet's flexibility at noon, the
+    # day's statistics and the verification of its load-control event.
+    from flexmeasures_cariflex.data.services.dr_verification import store_verifications, verify_events
+    from flexmeasures_cariflex.data.services.flexibility import current, store_fleet
+
+    insert_beliefs(
+        {sensors["irradiance"]: pd.Series({slot + pd.Timedelta(hours=1): 1500.0})}, synthetic, None
+    )
+    store_fleet(fleet, current(fleet, 1.0, now=slot.to_pydatetime()))
+    store_verifications(fleet, verify_events(fleet, start.to_pydatetime(), end.to_pydatetime()))
+    fm_db.session.commit()
+    assert cli("cariflex", "statistics", "--day", f"{DAY:%Y-%m-%d}").exit_code == 0
     assert cli("cariflex", "grafana-role", "--password-env", "CARIFLEX_TEST_GRAFANA_PASSWORD").exit_code == 1
     fm_db.session.commit()
     return slot
@@ -293,7 +305,7 @@ def test_rollups_follow_inserts_revisions_and_deletes_and_match_the_raw_beliefs(
         assert series("15m").loc[slot.timestamp()] == pytest.approx(rolled.loc[slot.timestamp()])
         fm_db.session.execute(
             text(
-                "UPDATE timed_belief SET event_value = 77 "
+                "UPDATE timed_belief SET event_value = 37 "
                 "WHERE sensor_id = :s AND event_start >= :a AND event_start < :b"
             ),
             {
@@ -304,7 +316,7 @@ def test_rollups_follow_inserts_revisions_and_deletes_and_match_the_raw_beliefs(
         )
         fm_db.session.commit()
         conn.rollback()
-        assert series("15m").loc[slot.timestamp()] == pytest.approx(77)
+        assert series("15m").loc[slot.timestamp()] == pytest.approx(37)  # within the 50 kW limit
         fm_db.session.execute(
             text("DELETE FROM timed_belief WHERE sensor_id = :s AND event_start >= :a AND event_start < :b"),
             {

@@ -6,6 +6,8 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
+
 from cariflex import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +46,16 @@ def test_secret_is_generated_once_with_mode_600(tmp_path, monkeypatch):
     assert stat.S_IMODE((tmp_path / "var" / "secret_key").stat().st_mode) == 0o600
     monkeypatch.setenv("CARIFLEX_SECRET_KEY", "from-the-environment")
     assert settings.secret("CARIFLEX_SECRET_KEY", "secret_key") == "from-the-environment"
+
+
+def test_a_numeric_setting_names_the_variable_when_it_is_unusable(monkeypatch):
+    from cariflex import settings
+
+    monkeypatch.setenv("CARIFLEX_CARBON_INTENSITY", "lots")
+    with pytest.raises(ValueError, match=r"CARIFLEX_CARBON_INTENSITY 'lots' is not a number \(gCO2/kWh\)"):
+        settings.number("CARIFLEX_CARBON_INTENSITY", 0, 2000, "gCO2/kWh")
+    monkeypatch.setenv("CARIFLEX_CARBON_INTENSITY", "2500")
+    with pytest.raises(ValueError, match=r"CARIFLEX_CARBON_INTENSITY 2500 gCO2/kWh is outside 0..2000"):
+        settings.number("CARIFLEX_CARBON_INTENSITY", 0, 2000, "gCO2/kWh")
+    monkeypatch.setenv("CARIFLEX_CARBON_INTENSITY", "600")
+    assert settings.number("CARIFLEX_CARBON_INTENSITY", 0, 2000, "gCO2/kWh") == 600.0

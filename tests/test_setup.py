@@ -32,6 +32,25 @@ EXPECTED_SENSORS: dict[str, tuple[str, timedelta]] = {
     "production_price": ("EUR/MWh", HOUR),
     "load_control_signal": ("%", QUARTER),
     "demand_response_signal": ("dimensionless", QUARTER),
+    "grid_carbon_intensity": ("gCO2/kWh", HOUR),
+    # the insights asset (statistics, flexibility, DR verification)
+    **{
+        f"site_{name}": (unit, timedelta(days=1))
+        for name, unit in (
+            ("energy_imported", "kWh"),
+            ("energy_exported", "kWh"),
+            ("energy_cost", "EUR"),
+            ("energy_revenue", "EUR"),
+            ("co2", "kg"),
+            ("self_consumption", "%"),
+            ("battery_share", "%"),
+            ("grid_share", "%"),
+        )
+    },
+    "fleet_flexibility_up": ("kW", QUARTER),
+    "fleet_flexibility_down": ("kW", QUARTER),
+    "dr_delivered_energy": ("kWh", QUARTER),
+    "dr_delivered_share": ("%", QUARTER),
 }
 
 
@@ -68,6 +87,7 @@ def test_setup_creates_exactly_the_cariflex_site(cli, fm_db):
         **{f"ev_{i:02d}": "two-way_evse" for i in range(1, 11)},
         "weather_station": "weather station",
         "grid_signals": "grid signals",
+        "insights": "insights",
     }
 
     sensors = fm_db.session.execute(select(Sensor)).scalars().all()
@@ -81,8 +101,8 @@ def test_setup_creates_exactly_the_cariflex_site(cli, fm_db):
     assert by_name["pv_05_power"].attributes["consumption_is_positive"] is False
 
     sources = {s.name for s in fm_db.session.execute(select(DataSource)).scalars()}
-    assert sources == {"Simulator", "Open-Meteo", "OpenADR VTN"}
-    assert result.output.strip().endswith("100 created, 0 updated, 0 unchanged")
+    assert sources == {"Simulator", "Open-Meteo", "OpenADR VTN", "Cariflex insights"}
+    assert result.output.strip().endswith("116 created, 0 updated, 0 unchanged")
 
 
 def test_second_run_changes_nothing(cli, fm_db):
@@ -90,7 +110,7 @@ def test_second_run_changes_nothing(cli, fm_db):
     before = counts(fm_db)
     result = cli("cariflex", "setup")
     assert result.exit_code == 0
-    assert result.output.strip().endswith("0 created, 0 updated, 100 unchanged")
+    assert result.output.strip().endswith("0 created, 0 updated, 116 unchanged")
     assert counts(fm_db) == before
 
 

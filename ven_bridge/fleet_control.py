@@ -102,6 +102,26 @@ class FleetController:
         need = device.battery_capacity_kwh * device.departure_soc_pct / 100  # EV keeps its departure energy
         return 0.0 if fill is None or fill <= need else -device.power_kw
 
+    def can_meet(self, event: dict) -> tuple[bool, str]:
+        """Whether the fleet can keep its import under a load-control event's cap, and why not.
+
+        The lowest level of the event over its whole duration, against the lowest average import
+        the devices can reach in that window from their present fill levels (cariflex.flexibility:
+        batteries discharge down to their minimum, EVs still reach their departure energy).
+        Devices the CEM does not know yet count as offering nothing and needing nothing."""
+        from cariflex.flexibility import can_meet_cap, fleet_flexibility
+
+        starts = [datetime.fromisoformat(i["start"]) for i in event["intervals"]]
+        ends = [s + _duration(i["duration"]) for s, i in zip(starts, event["intervals"], strict=True)]
+        start, end = max(min(starts), datetime.now(UTC)), max(ends)
+        if end <= start:
+            return True, "event already over"
+        level = min(float(i["value"]) for i in event["intervals"])
+        fills = {n: s.fill_level for n, s in self.cem.devices.items() if s.fill_level is not None}
+        powers = {n: (s.power_w or 0.0) / 1000 for n, s in self.cem.devices.items()}
+        flex = fleet_flexibility(self.fleet, fills, powers, start, (end - start).total_seconds() / 3600)
+        return can_meet_cap(flex, level * self.capacity_kw)
+
     def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
         scheduled = self.follower.setpoints(now) if self.follower else {}
         setpoints = {**scheduled, **self.outbox.get_state("setpoints", {})}  # the operator's win

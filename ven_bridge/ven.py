@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from openleadr import OpenADRClient
 
 from ven_bridge.outbox import Outbox
-from ven_bridge.policy import decide
+from ven_bridge.policy import Decision, decide
 from ven_bridge.poster import Poster
 
 log = logging.getLogger("cariflex.ven")
@@ -81,6 +81,7 @@ class CariflexVen:
         self.stopping = asyncio.Event()
         self.client: _Client | None = None
         self._last_contact_write = 0.0
+        self.controller = None  # the FleetController, once run() has started it
 
     # --- handlers (called inside openleadr's poll loop: fast, local only) ------------------------
 
@@ -89,6 +90,15 @@ class CariflexVen:
         event_id, number = descriptor.get("event_id"), descriptor.get("modification_number")
         try:
             decision = decide(event, set(self.options.resources))
+            if (
+                decision.normalised is not None
+                and decision.normalised["signal_name"] == "LOAD_CONTROL"
+                and decision.normalised["status"] != "cancelled"
+                and self.controller is not None
+            ):
+                feasible, why = self.controller.can_meet(decision.normalised)
+                if not feasible:  # promising a cap the fleet cannot hold helps no one: say so
+                    decision = Decision("optOut", why, None)
             self.outbox.record_decision(str(event_id), int(number or 0), decision.opt, decision.reason)
             if decision.normalised is None:
                 self._withdraw(str(event_id), descriptor)
@@ -260,6 +270,7 @@ class CariflexVen:
             )
             tasks.append(asyncio.create_task(follower.run(self.stopping)))
         controller = FleetController(self.fleet, cem, self.outbox, follower=follower)
+        self.controller = controller
         tasks.append(asyncio.create_task(controller.run(self.stopping)))
         log.info(
             "ven started",

@@ -16,6 +16,7 @@ TABLES = (
     "generic_asset_type",
     "data_source",
     "cariflex_rollup_15min",
+    "cariflex_alert",
 )
 
 

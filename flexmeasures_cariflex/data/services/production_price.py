@@ -37,14 +37,10 @@ class PriceRefused(ValueError):
 
 
 def tariff() -> float:
-    text = settings.get("CARIFLEX_FEED_IN_TARIFF")
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise PriceRefused(f"CARIFLEX_FEED_IN_TARIFF {text!r} is not a number (EUR/MWh)") from None
-    if not 0 <= value <= 10_000:
-        raise PriceRefused(f"CARIFLEX_FEED_IN_TARIFF {value:g} EUR/MWh is outside 0..10000")
-    return value
+        return settings.number("CARIFLEX_FEED_IN_TARIFF", 0, 10_000, "EUR/MWh")
+    except ValueError as exc:
+        raise PriceRefused(str(exc)) from None
 
 
 def hourly_prices(csv_file: str | None = None, flat: float | None = None) -> list[float]:

@@ -9,9 +9,11 @@ table from what is already stored when it first creates it.
 
 A row: the average over a 15-minute bucket of the latest belief per event (shortest horizon, as
 the dashboard's raw queries pick it) of one sensor, from every source but the scheduler (``kind``
-0; the column leaves room for other kinds). Schedules are not rolled up: no week-long panel shows
-them, and a re-plan (28,800 rows) would pay ~0.35 s for it. Each other write to ``timed_belief``
-recomputes just the buckets of the sensors it touched, in the same transaction.
+0; the column leaves room for other kinds), leaving out a latest belief outside the sensor's
+physical bounds (``cariflex_sensor_bounds``, see alerts.py). Schedules are not rolled up: no
+week-long panel shows them, and a re-plan (28,800 rows) would pay ~0.35 s for it. Each other
+write to ``timed_belief`` recomputes just the buckets of the sensors it touched, in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from sqlalchemy import text
 TABLE = "cariflex_rollup_15min"
 
 _DDL = f"""
+-- Physical bounds per sensor (alerts.py writes them from the fleet): readings outside never
+-- enter a rollup, hence neither the statistics nor Grafana's panels.
+CREATE TABLE IF NOT EXISTS cariflex_sensor_bounds (
+    sensor_id integer PRIMARY KEY REFERENCES sensor (id) ON DELETE CASCADE,
+    min_value double precision NOT NULL,
+    max_value double precision NOT NULL,
+    watched boolean NOT NULL DEFAULT false
+);
+
 CREATE TABLE IF NOT EXISTS {TABLE} (
     sensor_id integer NOT NULL REFERENCES sensor (id) ON DELETE CASCADE,
     kind smallint NOT NULL,
@@ -52,6 +63,9 @@ BEGIN
           AND tb.source_id NOT IN (SELECT id FROM data_source WHERE type = 'scheduler')
         ORDER BY tb.sensor_id, tb.event_start, tb.belief_horizon, tb.source_id DESC
     ) l
+    LEFT JOIN cariflex_sensor_bounds b ON b.sensor_id = l.sensor_id
+    WHERE b.sensor_id IS NULL
+       OR l.event_value BETWEEN b.min_value - 1e-6 AND b.max_value + 1e-6
     GROUP BY 1, 2, 3;
 END
 $$;

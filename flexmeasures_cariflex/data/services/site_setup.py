@@ -238,6 +238,9 @@ def setup_site(fleet: Fleet) -> SetupReport:
     from flexmeasures_cariflex.data.services.rollups import ensure_rollups
 
     ensure_rollups()  # 15-minute rollups for Grafana, kept by triggers (database-wide, not per site)
+    from flexmeasures_cariflex.data.services.alerts import ensure_alerts
+
+    ensure_alerts(fleet)  # physical bounds (derived from the fleet), alert table and trigger
     return report
 
 
