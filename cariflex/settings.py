@@ -95,6 +95,11 @@ VARIABLES: tuple[Variable, ...] = (
         "how often the VEN asks FlexMeasures whether the fleet schedule changed (--schedule-poll-seconds)",
     ),
     Variable(
+        "CARIFLEX_VEN_DR_POLL_S",
+        "300",
+        "how often the VEN fetches the DR verification for its telemetry report (--dr-poll-seconds)",
+    ),
+    Variable(
         "CARIFLEX_FM_USER",
         "ven@cariflex.example",
         "FlexMeasures account the VEN posts as (role cariflex-ven)",

@@ -257,7 +257,15 @@ class FlexMeasuresServer:
 class VenProcess(LoggedProcess):
     """`cariflex-ven run` against a VTN and a FlexMeasures server."""
 
-    def __init__(self, var_dir: Path, vtn_url: str, fm_url: str, *, ven_name: str = "cariflex-ven"):
+    def __init__(
+        self,
+        var_dir: Path,
+        vtn_url: str,
+        fm_url: str,
+        *,
+        ven_name: str = "cariflex-ven",
+        extra: list[str] = (),
+    ):
         env = base_env(
             var_dir,
             CARIFLEX_FM_URL=fm_url,
@@ -266,7 +274,7 @@ class VenProcess(LoggedProcess):
             CARIFLEX_VTN_URL=vtn_url,
         )
         super().__init__(
-            [str(BIN / "cariflex-ven"), "run", "--telemetry-seconds", "1", "--s2-port", "0"], env
+            [str(BIN / "cariflex-ven"), "run", "--telemetry-seconds", "1", "--s2-port", "0", *extra], env
         )
 
     def status(self) -> dict[str, Any]:

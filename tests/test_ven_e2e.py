@@ -306,3 +306,58 @@ def _ven_cli(ven: VenProcess, *args: str) -> str:
         timeout=60,
         check=True,
     ).stdout
+
+
+def test_dr_verification_reaches_the_vtn_in_the_telemetry_report(stack, tmp_path):
+    """A verified load-control event (baseline 20 kW, measured 8 kW, cap 6 kW, one hour) goes back
+    to the grid operator: delivered 12 kWh, 85.7 % of the 14 kWh asked."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import select
+
+    from flexmeasures_cariflex.data.services.dr_verification import _weekend
+    from vtn.store import ReportValue
+
+    db = stack["db"]
+    tz = ZoneInfo("America/Martinique")
+    event = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    local = event.astimezone(tz)
+    day = local.date()
+    comparable = [d for d in (day - timedelta(days=n) for n in range(1, 21)) if _weekend(d) == _weekend(day)]
+    rows = []
+    for d in comparable[:5]:
+        start = datetime.combine(d, local.time(), tz).astimezone(UTC)
+        rows += [("ev_05_power", start + timedelta(minutes=m), 20.0) for m in range(60)]
+    rows += [("ev_05_power", event + timedelta(minutes=m), 8.0) for m in range(60)]
+    rows += [("load_control_signal", event + timedelta(minutes=15 * q), 1.0) for q in range(4)]
+    with db.begin() as conn:
+        source = conn.execute(text("SELECT id FROM data_source WHERE name = 'Simulator'")).scalar_one()
+        for name, at, value in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO timed_belief (event_start, belief_horizon, cumulative_probability, "
+                    "event_value, sensor_id, source_id) SELECT :at, interval '0', 0.5, :v, s.id, :src "
+                    "FROM sensor s WHERE s.name = :name"
+                ),
+                {"at": at, "v": value, "src": source, "name": name},
+            )
+    stack["vtn"].cli("ven", "add", "ven-dr")
+    ven = VenProcess(
+        tmp_path / "ven",
+        stack["vtn"].url,
+        stack["fm"].url,
+        ven_name="ven-dr",
+        extra=["--dr-poll-seconds", "1"],
+    ).start()
+    store = Store(stack["vtn_store"])
+    try:
+
+        def reported() -> set[float]:
+            with store.session() as session:
+                return {r.value for r in session.execute(select(ReportValue)).scalars()}
+
+        # ReportValue rows carry the r_id of the VEN's energy_real and x-drDeliveredPercent streams
+        wait_until(lambda: {12.0, 85.7} <= reported(), 60, "the DR verification in the telemetry report")
+    finally:
+        store.dispose()
+        ven.stop()

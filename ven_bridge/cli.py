@@ -76,6 +76,14 @@ def cli() -> None:
     show_default="2",
     help="How often to ask FlexMeasures whether the fleet schedule changed ($CARIFLEX_VEN_SCHEDULE_POLL_S).",
 )
+@click.option(
+    "--dr-poll-seconds",
+    "dr_poll_s",
+    type=click.FloatRange(min=0.2),
+    default=lambda: float(settings.get("CARIFLEX_VEN_DR_POLL_S")),
+    show_default="300",
+    help="How often to fetch the DR verification for the telemetry report ($CARIFLEX_VEN_DR_POLL_S).",
+)
 def run(
     vtn_url,
     ven_name,
@@ -89,6 +97,7 @@ def run(
     s2_port,
     telemetry_seconds,
     schedule_poll_s,
+    dr_poll_s,
 ) -> None:
     """Run the VEN until SIGTERM or Ctrl-C."""
     from ven_bridge.fm_client import FlexMeasuresClient
@@ -127,7 +136,17 @@ def run(
     )
     try:
         poster = Poster(outbox, fm_client())
-        asyncio.run(CariflexVen(options, outbox, poster, fleet, schedule_client=fm_client()).run())
+        asyncio.run(
+            CariflexVen(
+                options,
+                outbox,
+                poster,
+                fleet,
+                schedule_client=fm_client(),
+                dr_client=fm_client(),
+                dr_poll_s=dr_poll_s,
+            ).run()
+        )
     finally:
         # Shut down already: a second SIGTERM (e.g. a supervisor after Ctrl-C) must not kill the exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

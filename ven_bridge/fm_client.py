@@ -17,6 +17,7 @@ TOKEN_RENEW_AFTER_S = 5 * 3600  # FlexMeasures' SECURITY_TOKEN_MAX_AGE is 6 h
 EVENTS_PATH = "/api/cariflex/v1/openadr/events"
 SENSORS_PATH = "/api/cariflex/v1/sensors"
 SCHEDULE_PATH = "/api/cariflex/v1/schedule"
+DR_VERIFICATION_PATH = "/api/cariflex/v1/dr-verification"
 
 
 @dataclass
@@ -118,6 +119,10 @@ class FlexMeasuresClient:
             return Answer(503, f"sensor {measurement['sensor']!r} not found (yet) in FlexMeasures")
         body = {k: measurement[k] for k in ("values", "start", "duration", "unit")}
         return self.request("POST", f"/api/v3_0/sensors/{sensor_id}/data", body)
+
+    def get_dr_verification(self, since: str = "P2D") -> Answer:
+        """The verification of the recent load-control events (plugin: dr_verification.py)."""
+        return self.request("GET", f"{DR_VERIFICATION_PATH}?since={since}")
 
     def get_schedule(self, hours: float, etag: str | None = None) -> Answer:
         """The fleet schedule from now on (304 while ``etag`` is still current)."""

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from openleadr import OpenADRClient
 
+from ven_bridge.dr_report import DrVerificationFollower
 from ven_bridge.outbox import Outbox
 from ven_bridge.policy import Decision, decide
 from ven_bridge.poster import Poster
@@ -72,12 +73,25 @@ class _Client(OpenADRClient):
 
 
 class CariflexVen:
-    def __init__(self, options: VenOptions, outbox: Outbox, poster: Poster, fleet=None, schedule_client=None):
+    def __init__(
+        self,
+        options: VenOptions,
+        outbox: Outbox,
+        poster: Poster,
+        fleet=None,
+        schedule_client=None,
+        dr_client=None,
+        dr_poll_s: float = 300.0,
+    ):
         self.options = options
         self.outbox = outbox
         self.poster = poster
         self.fleet = fleet
         self.schedule_client = schedule_client  # its own FlexMeasuresClient: the poster's is its thread's
+        # and the DR verification its own again (each client is used from one thread at a time)
+        self.dr = (
+            DrVerificationFollower(dr_client, outbox, poll_s=dr_poll_s) if dr_client is not None else None
+        )
         self.stopping = asyncio.Event()
         self.client: _Client | None = None
         self._last_contact_write = 0.0
@@ -187,6 +201,23 @@ class CariflexVen:
             power_hertz=50,
             power_voltage=230,
         )
+        if self.dr is not None:  # what the fleet delivered in the last verified load-control event
+            for callback, measurement, unit, scale in (
+                (self.dr.delivered_kwh, "energy_real", "Wh", "k"),
+                (self.dr.delivered_pct, "x-drDeliveredPercent", "%", "none"),
+            ):
+                client.add_report(
+                    callback=callback,
+                    resource_id=o.report_resource,
+                    measurement=measurement,
+                    unit=unit,
+                    scale=scale,
+                    # openleadr gap: a VEN's second report gets its values requested under the
+                    # first report's id ("No callback found for r_id"), and one report takes one
+                    # sampling period: these streams join the fleet power's report, at its rate
+                    sampling_rate=timedelta(seconds=o.telemetry_seconds),
+                    report_duration=timedelta(hours=24),
+                )
         return client
 
     async def register(self) -> _Client | None:
@@ -269,6 +300,8 @@ class CariflexVen:
                 self.schedule_client, self.outbox, poll_s=self.options.schedule_poll_s
             )
             tasks.append(asyncio.create_task(follower.run(self.stopping)))
+        if self.dr is not None:
+            tasks.append(asyncio.create_task(self.dr.run(self.stopping)))
         controller = FleetController(self.fleet, cem, self.outbox, follower=follower)
         self.controller = controller
         tasks.append(asyncio.create_task(controller.run(self.stopping)))
