@@ -17,7 +17,8 @@ The method, for a window of ``hours`` from ``now`` (power consumption-positive, 
     bidirectional charger (it keeps the departure energy) and 0 for a one-way one;
   - a car away, or a device with no known fill level: ``p_min = p_max = 0`` (nothing to offer, and
     nothing promised).
-- *Add* (up) = ``p_max - current`` and *shed* (down) = ``current - p_min``, never negative; the
+- *Add* (up) = ``p_max - baseline`` and *shed* (down) = ``baseline - p_min``, where the baseline
+  is the present power held for as long as the device is there, within ``[p_min, p_max]``; the
   energy is that power times the window. The fleet figures are the sums, and the fleet's lowest
   possible import over the window is ``Σ p_min`` (what a load-control cap must leave room for).
 """
@@ -135,15 +136,15 @@ def _battery(bat: Battery, fill: float | None, current: float, hours: float) -> 
 def _ev(
     ev: EVCharger, fill: float | None, current: float, start: datetime, hours: float
 ) -> tuple[float, float, float, str]:
-    """(p_min, p_max, window hours actually plugged, note)."""
+    """(p_min, p_max, the share of the window the car is plugged in, note)."""
     departure = plugged_until(ev, start)
     if departure is None:
-        return 0.0, 0.0, hours, "car away"
+        return 0.0, 0.0, 0.0, "car away"
     if fill is None:
-        return 0.0, 0.0, hours, "fill level unknown"
+        return 0.0, 0.0, 1.0, "fill level unknown"
     plugged = min(hours, (departure - start).total_seconds() / 3600)
     if plugged <= 0:
-        return 0.0, 0.0, hours, "car leaving"
+        return 0.0, 0.0, 0.0, "car leaving"
     need = ev.departure_need_kwh
     after = max(0.0, (departure - start).total_seconds() / 3600 - hours)
     p_max = max(0.0, min(ev.power_kw, (ev.battery_capacity_kwh - fill) / plugged))
@@ -159,7 +160,7 @@ def _ev(
         note = "one-way charger"
     # Energy over the whole window: the car is only there for `plugged` of it.
     scale = plugged / hours
-    return p_min * scale, p_max * scale, hours, note
+    return p_min * scale, p_max * scale, scale, note
 
 
 def fleet_flexibility(
@@ -186,16 +187,26 @@ def fleet_flexibility(
         devices.append(_device(bat.name, "battery", current, p_min, p_max, hours, note))
     for ev in fleet.ev_chargers:
         current = powers.get(ev.name, 0.0)
-        p_min, p_max, _, note = _ev(ev, fills.get(ev.name), current, local, hours)
-        devices.append(_device(ev.name, "ev", current, p_min, p_max, hours, note))
+        p_min, p_max, share, note = _ev(ev, fills.get(ev.name), current, local, hours)
+        devices.append(_device(ev.name, "ev", current, p_min, p_max, hours, note, share))
     return FleetFlexibility(start, hours, tuple(devices))
 
 
 def _device(
-    name: str, kind: str, current: float, p_min: float, p_max: float, hours: float, note: str
+    name: str,
+    kind: str,
+    current: float,
+    p_min: float,
+    p_max: float,
+    hours: float,
+    note: str,
+    plugged_share: float = 1.0,
 ) -> DeviceFlexibility:
-    up = max(0.0, p_max - current)
-    down = max(0.0, current - p_min)
+    # What the device would do over the window if left alone: its present power for the time it is
+    # there, and never beyond what its fill level allows (a battery nearly full stops charging).
+    baseline = min(max(current * plugged_share, p_min), p_max)
+    up = max(0.0, p_max - baseline)
+    down = max(0.0, baseline - p_min)
     return DeviceFlexibility(name, kind, current, p_min, p_max, up, down, up * hours, down * hours, note)
 
 

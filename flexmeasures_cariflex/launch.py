@@ -78,7 +78,7 @@ def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading
 
     1. the weather (Open-Meteo, else the synthetic model, said so in the output) with the PV power
        it implies, back-filling missed hours, and today's and tomorrow's production price;
-    2. the insights: carbon intensity, today's site statistics (yesterday's too at start), the
+    2. the insights: carbon intensity, yesterday's and today's site statistics, the
        fleet's flexibility, DR verification of the last two days, and the alert checks.
 
     Each part runs as its own batch, so a failure of one (logged, never fatal) leaves the other."""
@@ -94,10 +94,13 @@ def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading
     while not stop.is_set():
         today = datetime.now(UTC).astimezone(tz)
         weather = [f"cariflex weather fetch --source auto{fleet}"]
-        insights = [f"cariflex carbon-intensity{fleet}"]
+        # yesterday too, every hour: its last hour (and late readings) arrive after midnight
+        insights = [
+            f"cariflex carbon-intensity{fleet}",
+            f"cariflex statistics --day {today - timedelta(days=1):%Y-%m-%d}{fleet}",
+        ]
         if first:
             weather.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet}")
-            insights.append(f"cariflex statistics --day {today - timedelta(days=1):%Y-%m-%d}{fleet}")
         weather.append(f"cariflex production-price --no-replan{fleet}")
         insights += [
             f"cariflex statistics{fleet}",

@@ -135,10 +135,10 @@ def test_the_ven_opts_out_of_a_cap_the_fleet_cannot_hold_and_logs_why(tmp_path, 
     with caplog.at_level(logging.INFO, logger="cariflex.ven"):
         assert asyncio.run(ven.handle_event(lc(0.0, 0))) == "optOut"
     reasons = [r.fields["reason"] for r in caplog.records if getattr(r, "fields", {}).get("opt") == "optOut"]
-    assert reasons == [
-        "the fleet cannot stay under 0.0 kW for 1 h: its lowest possible import is 22.0 kW; "
+    assert len(reasons) == 1 and reasons[0].endswith(
+        "UTC the fleet cannot stay under 0.0 kW for 1 h: its lowest possible import is 22.0 kW; "
         "ev_01 must take 22.0 kW (needs 28.0 kWh more by 17:00)"
-    ]
+    )
     assert box.head()[0] is None  # nothing goes to FlexMeasures
     assert asyncio.run(ven.handle_event(lc(0.5, 1))) == "optIn"  # a 300 kW cap it can hold
 
@@ -196,3 +196,42 @@ def test_dr_verification_of_a_known_event(cli, fleet, fm_db, app, token):
         "2026-06-09T22:00:00+00:00",
         "2026-06-10T22:00:00+00:00",
     ]
+
+
+def test_what_a_device_can_shed_is_measured_from_what_it_would_do():
+    """An EV leaving in 15 minutes, charging at 7 kW, 1 kWh short: over the hour it would draw
+    1.75 kWh and must draw 1 kWh, so it can shed 0.75 kWh, not 7 kWh."""
+    quarter_to_five = datetime(2026, 6, 10, 20, 45, tzinfo=UTC)
+    ev = device(fleet_flexibility(FLEET, {"ev_01": 47.0}, {"ev_01": 7.0}, quarter_to_five, 1.0), "ev_01")
+    assert (ev.min_kw, ev.max_kw) == (pytest.approx(1.0), pytest.approx(5.5))
+    assert ev.down_kwh == pytest.approx(0.75) and ev.up_kwh == pytest.approx(3.75)
+    nearly_full = device(
+        fleet_flexibility(FLEET, {"bat_01": 94.5}, {"bat_01": 5.0}, AFTERNOON, 1.0), "bat_01"
+    )
+    assert nearly_full.up_kwh == pytest.approx(0.0) and nearly_full.down_kwh == pytest.approx(0.5 + 50.0)
+
+
+def test_a_past_interval_of_a_running_event_does_not_decide_and_batteries_may_charge_first():
+    from ven_bridge.fleet_control import FleetController
+    from ven_bridge.s2_cem import Cem, DeviceState
+
+    cem = Cem("127.0.0.1", 0)
+    cem.devices["bat_01"] = DeviceState(
+        "bat_01", connected=True, frbc=True, fill_level=10.0
+    )  # at its minimum
+    controller = FleetController(FLEET, cem, outbox=None)
+    now = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+    past = {"start": (now - timedelta(hours=1)).isoformat(), "duration": "PT1H", "value": 0.0}
+    later = {"start": (now + timedelta(hours=2)).isoformat(), "duration": "PT1H", "value": 0.0}
+    # the battery cannot discharge now, but it can charge for 2 h first and then hold a 0 kW cap
+    assert controller.can_meet({"intervals": [past, later]}, now=now)[0]
+    alone = Cem("127.0.0.1", 0)
+    alone.devices["ev_01"] = DeviceState("ev_01", connected=True, frbc=True, fill_level=20.0)
+    last_hour = {
+        "start": (now + timedelta(hours=8)).isoformat(),
+        "duration": "PT1H",
+        "value": 0.0,
+    }  # 16:00 local
+    ok, why = FleetController(FLEET, alone, outbox=None).can_meet({"intervals": [past, last_hour]}, now=now)
+    assert not ok and why.startswith("from 2026-06-10 20:00 UTC the fleet cannot stay under 0.0 kW")
+    assert "ev_01 must take 22.0 kW" in why

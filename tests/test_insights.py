@@ -275,7 +275,7 @@ def test_alerts_over_the_api_and_bad_since(app, cli, day, token):
     bad = call(app, "GET", "/api/cariflex/v1/alerts?since=yesterday", headers={"Authorization": token})
     assert bad.status_code == 400 and "since: 'yesterday'" in bad.json["message"]
     result = cli("cariflex", "alerts", "--since", "yesterday")
-    assert result.exit_code == 1 and "--since 'yesterday'" in result.output
+    assert result.exit_code == 1 and "--since: 'yesterday' is not an ISO time" in result.output
 
 
 # --- carbon intensity and the hourly refresh --------------------------------------------------
@@ -315,3 +315,34 @@ def test_the_hourly_insights_commands_run_on_a_new_site(cli, fleet):
     ):
         result = cli("cariflex", *command)
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_only_periods_that_have_begun_count(day):
+    """PV is stored as a forecast ahead of time; a forecast is not energy anybody used or sold."""
+    from flexmeasures_cariflex.data.services.statistics import parse_period, statistics
+
+    at_four_pm = datetime(2026, 6, 10, 20, 0, tzinfo=UTC)  # 16:00 local: before the evening hours
+    total = statistics(day, parse_period(DAY), now=at_four_pm)["total"]
+    assert (total["consumed_kwh"], total["injected_kwh"]) == (0.0, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("statistics", "--year", "9999"), "year '9999' is outside the years 2000..2100"),
+        (("statistics", "--device", "bat_01", "--store"), "--store writes the site's daily figures"),
+        (("carbon-intensity", "--day", "soon"), "--day 'soon' is not a day like 2026-11-24"),
+        (("alerts", "--since", ""), "--since: '' is not an ISO time"),
+        (("alerts", "--since", "P10000Y"), "--since: 'P10000Y' is not an ISO time"),
+        (("dr-verification", "--since", "last week"), "--since: 'last week' is not an ISO time"),
+    ],
+)
+def test_more_bad_inputs_are_refused_by_name(cli, fleet, args, message):
+    result = cli("cariflex", *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+
+
+def test_the_api_refuses_an_empty_since(app, fleet, token):
+    response = call(app, "GET", "/api/cariflex/v1/alerts?since=", headers={"Authorization": token})
+    assert response.status_code == 400 and "since: '' is not an ISO time" in response.json["message"]

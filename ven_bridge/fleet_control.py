@@ -102,25 +102,41 @@ class FleetController:
         need = device.battery_capacity_kwh * device.departure_soc_pct / 100  # EV keeps its departure energy
         return 0.0 if fill is None or fill <= need else -device.power_kw
 
-    def can_meet(self, event: dict) -> tuple[bool, str]:
-        """Whether the fleet can keep its import under a load-control event's cap, and why not.
+    def can_meet(self, event: dict, now: datetime | None = None) -> tuple[bool, str]:
+        """Whether the fleet can keep its import under a load-control event's caps, and why not.
 
-        The lowest level of the event over its whole duration, against the lowest average import
-        the devices can reach in that window from their present fill levels (cariflex.flexibility:
-        batteries discharge down to their minimum, EVs still reach their departure energy).
-        Devices the CEM does not know yet count as offering nothing and needing nothing."""
+        Each interval not yet over, against the lowest average import the devices can reach in it
+        (cariflex.flexibility: batteries discharge down to their minimum, EVs still reach their
+        departure energy), from their present fill levels; before a later interval a battery may
+        first charge (at most its power x the lead time, up to its ceiling). Devices the CEM does
+        not know yet count as offering nothing and needing nothing."""
         from cariflex.flexibility import can_meet_cap, fleet_flexibility
 
-        starts = [datetime.fromisoformat(i["start"]) for i in event["intervals"]]
-        ends = [s + _duration(i["duration"]) for s, i in zip(starts, event["intervals"], strict=True)]
-        start, end = max(min(starts), datetime.now(UTC)), max(ends)
-        if end <= start:
-            return True, "event already over"
-        level = min(float(i["value"]) for i in event["intervals"])
+        now = now or datetime.now(UTC)
         fills = {n: s.fill_level for n, s in self.cem.devices.items() if s.fill_level is not None}
         powers = {n: (s.power_w or 0.0) / 1000 for n, s in self.cem.devices.items()}
-        flex = fleet_flexibility(self.fleet, fills, powers, start, (end - start).total_seconds() / 3600)
-        return can_meet_cap(flex, level * self.capacity_kw)
+        batteries = {b.name: b for b in self.fleet.batteries}
+        for interval in event["intervals"]:
+            begin = datetime.fromisoformat(interval["start"])
+            end = begin + _duration(interval["duration"])
+            if end <= now:
+                continue
+            start = max(begin, now)
+            lead_h = (start - now).total_seconds() / 3600
+            projected = {
+                n: min(b.capacity_kwh * b.soc_max_pct / 100, fills[n] + b.power_kw * lead_h)
+                if n in batteries and n in fills
+                else fill
+                for n, fill in fills.items()
+                for b in [batteries.get(n)]
+            }
+            flex = fleet_flexibility(
+                self.fleet, projected, powers, start, (end - start).total_seconds() / 3600
+            )
+            feasible, why = can_meet_cap(flex, float(interval["value"]) * self.capacity_kw)
+            if not feasible:
+                return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}"
+        return True, "the fleet can hold every cap of the event"
 
     def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
         scheduled = self.follower.setpoints(now) if self.follower else {}

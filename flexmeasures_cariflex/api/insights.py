@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import isodate
-import pandas as pd
 from flask import jsonify, request
 from flask_security import auth_token_required
 
@@ -23,18 +21,11 @@ from cariflex.fleet import FleetError
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.api.routes import _message, current_fleet
 from flexmeasures_cariflex.data.services.openadr_ingest import SiteNotReady
+from flexmeasures_cariflex.data.services.times import parse_since
 
 
 def _since(name: str, default: str) -> datetime:
-    raw = request.args.get(name, default)
-    now = datetime.now(UTC)
-    try:
-        if raw.upper().startswith("P"):
-            return now - isodate.parse_duration(raw)
-        moment = pd.Timestamp(raw)
-    except (ValueError, isodate.ISO8601Error):
-        raise ValueError(f"{name}: {raw!r} is not an ISO time or an ISO 8601 duration like PT24H") from None
-    return (moment.tz_localize("UTC") if moment.tzinfo is None else moment).to_pydatetime()
+    return parse_since(request.args.get(name, default), name)
 
 
 def _answer(compute):

@@ -7,10 +7,9 @@ The answers to the questions people on the grid ask; the same figures as the JSO
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import click
-import isodate
 import pandas as pd
 from flask.cli import with_appcontext
 
@@ -23,18 +22,12 @@ def _json(data) -> None:
 
 
 def _since(text: str) -> datetime:
-    """An ISO time, or a duration back from now (PT24H, P7D)."""
-    now = datetime.now(UTC)
-    if text.upper().startswith("P"):
-        try:
-            return now - isodate.parse_duration(text)
-        except (isodate.ISO8601Error, ValueError):
-            _refuse(f"--since {text!r} is not an ISO 8601 duration like PT24H or P7D")
+    from flexmeasures_cariflex.data.services.times import parse_since
+
     try:
-        moment = pd.Timestamp(text)
-    except ValueError:
-        _refuse(f"--since {text!r} is not an ISO time (2026-11-24T06:00-04:00) or a duration (PT24H)")
-    return (moment.tz_localize("UTC") if moment.tzinfo is None else moment).to_pydatetime()
+        return parse_since(text, "--since")
+    except ValueError as exc:
+        _refuse(str(exc))
 
 
 @cariflex_bp.cli.command("statistics")
@@ -62,6 +55,8 @@ def statistics_command(day, month, year, device, group, store, as_json, fleet_fi
     )
 
     fleet = _load(fleet_file)
+    if store and (device or group):
+        _refuse("--store writes the site's daily figures; it cannot be combined with --device or --group")
     if not (day or month or year):
         day = datetime.now(UTC).astimezone(pd.Timestamp.now(tz=fleet.site.timezone).tzinfo).date().isoformat()
     with writing(StatisticsError):
@@ -214,7 +209,10 @@ def carbon_intensity_command(day, csv_file, fleet_file) -> None:
 
     fleet = _load(fleet_file)
     tz = pd.Timestamp.now(tz=fleet.site.timezone)
-    days = [pd.Timestamp(day).date()] if day else [tz.date(), (tz + timedelta(days=1)).date()]
+    try:
+        days = [date.fromisoformat(day)] if day else [tz.date(), (tz + timedelta(days=1)).date()]
+    except ValueError:
+        _refuse(f"--day {day!r} is not a day like 2026-11-24")
     with writing(CarbonError, ValueError):
         for d in days:
             result = store_carbon_intensity(fleet, d, csv_file)

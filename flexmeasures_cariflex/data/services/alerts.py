@@ -140,13 +140,21 @@ def silent_periods() -> int:
 
 
 _SILENT = f"""
-WITH last AS (
+WITH last_bucket AS (
+    -- the rollups' primary key finds the last measured quarter-hour at once (no scan past the
+    -- scheduler's beliefs); the reading itself is then looked up within that quarter-hour only
     SELECT b.sensor_id, s.name, s.event_resolution,
-        (SELECT max(tb.event_start) FROM timed_belief tb
-         WHERE tb.sensor_id = b.sensor_id AND tb.event_start <= :now
-           AND tb.source_id NOT IN (SELECT id FROM data_source WHERE type = 'scheduler')) AS last_start
+        (SELECT max(r.bucket) FROM {ROLLUP} r
+         WHERE r.sensor_id = b.sensor_id AND r.kind = 0 AND r.bucket <= :now) AS bucket
     FROM {BOUNDS} b JOIN sensor s ON s.id = b.sensor_id
     WHERE b.watched AND b.sensor_id = ANY (CAST(:ids AS integer[]))
+), last AS (
+    SELECT l.sensor_id, l.name, l.event_resolution,
+        (SELECT max(tb.event_start) FROM timed_belief tb
+         WHERE tb.sensor_id = l.sensor_id AND tb.event_start >= l.bucket
+           AND tb.event_start < l.bucket + interval '15 minutes' AND tb.event_start <= :now
+           AND tb.source_id NOT IN (SELECT id FROM data_source WHERE type = 'scheduler')) AS last_start
+    FROM last_bucket l
 )
 INSERT INTO {TABLE} (sensor_id, rule, event_start, value, detail)
 SELECT sensor_id, 'silent', last_start + event_resolution,
@@ -178,6 +186,7 @@ WITH devices AS (
 ), capped AS (
     SELECT DISTINCT ON (event_start) event_start, event_value
     FROM timed_belief WHERE sensor_id = :lc AND event_start >= :since AND event_start < :until
+      AND cumulative_probability = 0.5
     ORDER BY event_start, belief_horizon, source_id DESC
 )
 INSERT INTO {TABLE} (sensor_id, rule, event_start, value, detail)

@@ -82,6 +82,12 @@ def _weekend(day: date) -> bool:
     return day.weekday() >= 5
 
 
+def _comparable_days(day: date, capped_days: set[date]) -> list[date]:
+    """Earlier days of the same kind (weekday or weekend) without load control, newest first."""
+    earlier = (day - timedelta(days=n) for n in range(1, LOOKBACK_DAYS + 1))
+    return [d for d in earlier if _weekend(d) == _weekend(day) and d not in capped_days]
+
+
 def verify_events(fleet: Fleet, since: datetime, until: datetime) -> list[dict[str, Any]]:
     """Every load-control event that started in [since, until), with its verification."""
     if since >= until:
@@ -107,20 +113,13 @@ def verify_events(fleet: Fleet, since: datetime, until: datetime) -> list[dict[s
         start = event.index[0]
         if not since <= start.to_pydatetime() < until:
             continue
-        first_day = start.astimezone(tz).date()
-        candidates = [
-            first_day - timedelta(days=n)
-            for n in range(1, LOOKBACK_DAYS + 1)
-            if _weekend(first_day - timedelta(days=n)) == _weekend(first_day)
-            and first_day - timedelta(days=n) not in capped_days
-        ]
         used_days: set[date] = set()
         baseline, measured, requested, delivered = 0.0, 0.0, 0.0, 0.0
         periods = 0
         for moment, level in event.items():
             local = moment.astimezone(tz)
             same_time = []
-            for day in candidates:
+            for day in _comparable_days(local.date(), capped_days):  # the period's own local day
                 at = pd.Timestamp(datetime.combine(day, local.timetz().replace(tzinfo=None), tz)).tz_convert(
                     "UTC"
                 )

@@ -66,7 +66,10 @@ BEGIN
     LEFT JOIN cariflex_sensor_bounds b ON b.sensor_id = l.sensor_id
     WHERE b.sensor_id IS NULL
        OR l.event_value BETWEEN b.min_value - 1e-6 AND b.max_value + 1e-6
-    GROUP BY 1, 2, 3;
+    GROUP BY 1, 2, 3
+    -- two writers of the same sensor and quarter-hour at once: the later one's average wins,
+    -- instead of a unique violation that would fail its write
+    ON CONFLICT (sensor_id, kind, bucket) DO UPDATE SET value = EXCLUDED.value;
 END
 $$;
 

@@ -79,16 +79,18 @@ def parse_period(day: str | None = None, month: str | None = None, year: str | N
     kind, value = given[0]
     try:
         if kind == "day":
-            first = date.fromisoformat(value)
-            return Period(value, first, first)
-        if kind == "month":
+            first = last = date.fromisoformat(value)
+        elif kind == "month":
             y, m = (int(p) for p in value.split("-"))
-            return Period(value, date(y, m, 1), date(y, m, calendar.monthrange(y, m)[1]))
-        y = int(value)
-        return Period(value, date(y, 1, 1), date(y, 12, 31))
+            first, last = date(y, m, 1), date(y, m, calendar.monthrange(y, m)[1])
+        else:
+            first, last = date(int(value), 1, 1), date(int(value), 12, 31)
     except ValueError:
         example = {"day": "2026-11-24", "month": "2026-11", "year": "2026"}[kind]
         raise StatisticsError(f"{kind} {value!r} is not a {kind} like {example}") from None
+    if not 2000 <= first.year <= 2100:
+        raise StatisticsError(f"{kind} {value!r} is outside the years 2000..2100")
+    return Period(value, first, last)
 
 
 def _roles(fleet: Fleet, device: str | None, group: str | None) -> tuple[str, dict[str, str]]:
@@ -118,6 +120,8 @@ WITH roles AS (
         AS r(sensor_id, role, sign)
 ), per AS (
     SELECT r.bucket,
+        -- the hour of the period by epoch arithmetic: independent of the session's time zone
+        to_timestamp(floor(extract(epoch FROM r.bucket) / 3600) * 3600) AS hour,
         sum(ro.sign * r.value) AS net,
         sum(greatest(ro.sign * r.value, 0)) AS consumed,
         sum(greatest(-ro.sign * r.value, 0)) AS injected,
@@ -125,8 +129,8 @@ WITH roles AS (
         sum(CASE WHEN ro.role = 'battery' THEN greatest(-ro.sign * r.value, 0) ELSE 0 END) AS bat_out,
         sum(CASE WHEN ro.role = 'ev' THEN greatest(ro.sign * r.value, 0) ELSE 0 END) AS load
     FROM {ROLLUP} r JOIN roles ro ON ro.sensor_id = r.sensor_id
-    WHERE r.kind = 0 AND r.bucket >= :start AND r.bucket < :end
-    GROUP BY r.bucket
+    WHERE r.kind = 0 AND r.bucket >= :start AND r.bucket < :until
+    GROUP BY r.bucket, 2
 ), hourly AS (
     SELECT DISTINCT ON (sensor_id, event_start) sensor_id, event_start, event_value
     FROM timed_belief
@@ -143,10 +147,10 @@ WITH roles AS (
         buy.event_value AS buy, sell.event_value AS sell,
         coalesce(carbon.event_value, :carbon_default) AS carbon
     FROM per p
-    LEFT JOIN hourly buy ON buy.sensor_id = :buy AND buy.event_start = date_trunc('hour', p.bucket)
-    LEFT JOIN hourly sell ON sell.sensor_id = :sell AND sell.event_start = date_trunc('hour', p.bucket)
+    LEFT JOIN hourly buy ON buy.sensor_id = :buy AND buy.event_start = p.hour
+    LEFT JOIN hourly sell ON sell.sensor_id = :sell AND sell.event_start = p.hour
     LEFT JOIN hourly carbon
-        ON carbon.sensor_id = :carbon AND carbon.event_start = date_trunc('hour', p.bucket)
+        ON carbon.sensor_id = :carbon AND carbon.event_start = p.hour
 ), covered AS (
     SELECT *, least(pv, load) AS pv_to_load,
         least(bat_out, load - least(pv, load)) AS bat_to_load
@@ -214,9 +218,17 @@ def _figures(row: dict[str, Any], site: bool) -> dict[str, Any]:
 
 
 def statistics(
-    fleet: Fleet, period: Period, *, device: str | None = None, group: str | None = None
+    fleet: Fleet,
+    period: Period,
+    *,
+    device: str | None = None,
+    group: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The figures per local day and in total for the scope (default the whole site)."""
+    """The figures per local day and in total for the scope (default the whole site).
+
+    Only periods that have begun by ``now`` count: PV power is also stored as a forecast ahead of
+    time, and a forecast is not energy anybody used or sold (yet)."""
     scope, roles = _roles(fleet, device, group)
     sensors = site_sensors(fleet)
     missing = [
@@ -239,6 +251,9 @@ def statistics(
             "signs": signs,
             "start": start,
             "end": end,
+            "until": min(
+                end, datetime.fromtimestamp((now or datetime.now(UTC)).timestamp() // 900 * 900, UTC)
+            ),
             "buy": sensors["consumption_price"].id,
             "sell": sensors["production_price"].id,
             "carbon": sensors["grid_carbon_intensity"].id,
