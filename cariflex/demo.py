@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from cariflex import database, logs, settings
-from flexmeasures_cariflex.launch import gunicorn_command, init_commands, refresh_weather
+from flexmeasures_cariflex.launch import gunicorn_command, hourly_refresh, init_commands
 
 log = logging.getLogger("cariflex.demo")
 BIN = Path(sys.executable).parent
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
         # Weather, PV power and the production price now and every hour after (in the background).
         threading.Thread(
-            target=refresh_weather, args=(env, args.fleet, stop), name="weather", daemon=True
+            target=hourly_refresh, args=(env, args.fleet, stop), name="refresh", daemon=True
         ).start()
 
         base = f"http://{bind}"

@@ -73,7 +73,7 @@ def gunicorn_command(bind: str) -> list[str]:
 WEATHER_EVERY_S = 3600
 
 
-def refresh_weather(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
+def hourly_refresh(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
     """The hourly refresh (the demo, and the worker container), at start and then every hour:
 
     1. the weather (Open-Meteo, else the synthetic model, said so in the output) with the PV power
@@ -190,7 +190,7 @@ def _worker(refresh: bool) -> int:
     fleet_file = os.environ.get("CARIFLEX_FLEET_FILE") or None
     if refresh:
         threading.Thread(
-            target=refresh_weather, args=(env, fleet_file, stop), name="refresh", daemon=True
+            target=hourly_refresh, args=(env, fleet_file, stop), name="refresh", daemon=True
         ).start()
     code = child.wait()
     stop.set()

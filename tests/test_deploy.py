@@ -17,6 +17,7 @@ import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -235,7 +236,11 @@ def test_the_openadr_network_and_its_fixed_addresses(model):
     services = model["services"]
     assert services["openadr-vtn"]["networks"] == {"openadr-internal": {"ipv4_address": "192.168.240.10"}}
     assert services["openadr-ven"]["networks"] == {"openadr-internal": {"ipv4_address": "192.168.240.11"}}
-    assert "192.168.240.10:8080" in services["openadr-ven"]["environment"]["CARIFLEX_VTN_URL"]
+    # the VEN finds the VTN at its fixed address, on the VTN's documented OpenADR port
+    vtn_url = urlparse(services["openadr-ven"]["environment"]["CARIFLEX_VTN_URL"])
+    documented_port = next(v.default for v in settings.VARIABLES if v.name == "CARIFLEX_VTN_PORT")
+    assert vtn_url.hostname == services["openadr-vtn"]["networks"]["openadr-internal"]["ipv4_address"]
+    assert vtn_url.port == int(documented_port)
     # the VEN reaches FlexMeasures inside that network; nothing else of OpenADR is public
     assert "openadr-internal" in services["flexmeasures-server"]["networks"]
     assert model["networks"]["cariflex-backend"]["internal"] is True

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from cariflex import settings
 from cariflex.fleet import Fleet
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
+from flexmeasures_cariflex.data.services.rollups import statement_triggers
 from flexmeasures_cariflex.data.services.site_setup import site_sensors
 
 TABLE = "cariflex_alert"
@@ -74,13 +75,7 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS cariflex_alert_insert ON timed_belief;
-CREATE TRIGGER cariflex_alert_insert AFTER INSERT ON timed_belief
-    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_alert_bounds();
-DROP TRIGGER IF EXISTS cariflex_alert_update ON timed_belief;
-CREATE TRIGGER cariflex_alert_update AFTER UPDATE ON timed_belief
-    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_alert_bounds();
-"""
+""" + statement_triggers("cariflex_alert", "cariflex_alert_bounds", ("INSERT", "UPDATE"))
 
 
 def bounds(fleet: Fleet) -> dict[str, tuple[float, float, bool]]:

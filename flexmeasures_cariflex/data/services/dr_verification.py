@@ -27,7 +27,7 @@ from sqlalchemy import text
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import DR_SENSORS, SOURCE_INSIGHTS
-from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
+from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
 from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
 
@@ -40,17 +40,12 @@ class VerificationError(ValueError):
     """A verification that cannot be made (site not set up, bad range); nothing was written."""
 
 
-def _levels(sensor_id: int, start: datetime, end: datetime) -> pd.Series:
-    rows = db.session.execute(
-        text(
-            "SELECT DISTINCT ON (event_start) event_start, event_value FROM timed_belief "
-            "WHERE sensor_id = :s AND event_start >= :a AND event_start < :b "
-            "AND cumulative_probability = 0.5 "
-            "ORDER BY event_start, belief_horizon, source_id DESC"
-        ),
-        {"s": sensor_id, "a": start, "b": end},
-    ).all()
-    return pd.Series({pd.Timestamp(t).tz_convert("UTC"): v for t, v in rows}, dtype=float).sort_index()
+def _levels(sensor, start: datetime, end: datetime) -> pd.Series:
+    """The load-control level (%) per quarter-hour, latest belief each."""
+    levels = latest_values([sensor], start, end)[sensor.id]
+    return pd.Series(
+        {pd.Timestamp(t).tz_convert("UTC"): v for t, v in levels.items()}, dtype=float
+    ).sort_index()
 
 
 def _fleet_import(sensor_ids: list[int], signs: list[float], start: datetime, end: datetime) -> pd.Series:
@@ -103,7 +98,7 @@ def verify_events(fleet: Fleet, since: datetime, until: datetime) -> list[dict[s
         for n in names
         if n in sensors
     ]
-    lc = sensors["load_control_signal"].id
+    lc = sensors["load_control_signal"]
     history_start = since - timedelta(days=LOOKBACK_DAYS + 1)
     levels = _levels(lc, history_start, until + timedelta(days=1))
     imports = _fleet_import(ids, signs, history_start, until + timedelta(days=1))

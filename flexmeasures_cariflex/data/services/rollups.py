@@ -88,16 +88,25 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS cariflex_rollup_insert ON timed_belief;
-CREATE TRIGGER cariflex_rollup_insert AFTER INSERT ON timed_belief
-    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
-DROP TRIGGER IF EXISTS cariflex_rollup_update ON timed_belief;
-CREATE TRIGGER cariflex_rollup_update AFTER UPDATE ON timed_belief
-    REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
-DROP TRIGGER IF EXISTS cariflex_rollup_delete ON timed_belief;
-CREATE TRIGGER cariflex_rollup_delete AFTER DELETE ON timed_belief
-    REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION cariflex_rollup_changed();
 """
+
+
+def statement_triggers(prefix: str, function: str, events: tuple[str, ...]) -> str:
+    """(Re)create AFTER ``events`` statement triggers on ``timed_belief`` that see the rows the
+    statement wrote (or deleted) as the transition table ``changed_rows``."""
+    parts = []
+    for event in events:
+        rows = "OLD" if event == "DELETE" else "NEW"
+        name = f"{prefix}_{event.lower()}"
+        parts.append(
+            f"DROP TRIGGER IF EXISTS {name} ON timed_belief;\n"
+            f"CREATE TRIGGER {name} AFTER {event} ON timed_belief REFERENCING {rows} TABLE AS changed_rows "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}();\n"
+        )
+    return "".join(parts)
+
+
+_DDL += statement_triggers("cariflex_rollup", "cariflex_rollup_changed", ("INSERT", "UPDATE", "DELETE"))
 
 
 def ensure_rollups() -> bool:
