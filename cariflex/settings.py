@@ -66,6 +66,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_VTN_POLL_SECONDS", "10", "poll period the VTN asks VENs to use (--poll-seconds)"),
     Variable("CARIFLEX_VTN_ID", "cariflex-vtn", "the VTN's OpenADR vtnID"),
     Variable(
+        "CARIFLEX_VTN_REQUIRE_SIGNATURES",
+        "false",
+        "true = 2.0b high security: unsigned messages get 463 (needs TLS; --require-signatures)",
+    ),
+    Variable(
         "CARIFLEX_VTN_ADMIN_TOKEN",
         None,
         "bearer token of the admin API; unset = generated var/vtn_admin_token",

@@ -269,6 +269,9 @@ def test_refused_measurement_goes_to_dead_letters_and_good_ones_feed_telemetry(s
         assert 12.5 in wait_until(lambda: reported(), 30, "a TELEMETRY_USAGE report")
     finally:
         store.dispose()
+    # Everything the VEN bridge sent so far (registration, report registration, polls, event requests,
+    # opt answers, telemetry) passed the VTN's edge, which validates each message against the 2.0b XSD.
+    assert not stack["vtn"].logged("refused OpenADR message")
 
 
 def test_ven_registers_once_a_late_vtn_comes_up(stack, tmp_path):

@@ -97,6 +97,7 @@ def test_late_answer_to_an_old_modification_is_kept_with_the_others(vtn, store):
     ven = registered_ven(store)
     first, second = load_control(store), load_control(store)
     now = T0 - timedelta(hours=2)
+    distribution(vtn, ven, now, answer=False)  # both sent at modification 0, not answered yet
     operations.modify_event(store, first, levels="0.2", now=now)  # first is now at modification 1
     payload = {
         "ven_id": ven.ven_id,
@@ -110,6 +111,24 @@ def test_late_answer_to_an_old_modification_is_kept_with_the_others(vtn, store):
         (0, "optIn")
     ]
     assert [o["opt"] for o in operations.list_opts(store, second)] == ["optOut"]
+
+
+def test_an_answer_naming_an_event_never_sent_is_refused_whole(vtn, store):
+    ven = registered_ven(store)
+    sent = load_control(store)
+    distribution(vtn, ven, T0 - timedelta(hours=2), answer=False)
+    never_sent = load_control(store)
+    payload = {
+        "ven_id": ven.ven_id,
+        "event_responses": [
+            {"event_id": sent, "modification_number": 0, "opt_type": "optIn"},
+            {"event_id": never_sent, "modification_number": 0, "opt_type": "optIn"},
+        ],
+    }
+    with pytest.raises(errors.InvalidIdError) as refused:
+        asyncio.run(vtn.on_created_event(payload))
+    assert never_sent in refused.value.response_description and sent not in refused.value.response_description
+    assert operations.list_opts(store, sent) == []
 
 
 def test_openleadr_alone_loses_the_whole_answer_in_that_race():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from vtn.server import CariflexVtn
 
 VTN_KEY = web.AppKey("vtn", object)
+log = logging.getLogger("cariflex.vtn.admin")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -42,13 +44,20 @@ async def errors_and_auth(request: web.Request, handler):
         return _json({"error": str(exc)}, 404)
     except Conflict as exc:
         return _json({"error": str(exc)}, 409)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404 route, 405 method, 413 body too large)
+    except Exception:  # a fault of ours: logged with its trace, never shown to the caller
+        log.exception("admin API request failed", extra={"fields": {"path": request.path[:80]}})
+        return _json({"error": "internal error; the VTN log has the details"}, 500)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and a number of over 4300 digits
         raise InputError("request body must be a JSON object") from None
+    except RecursionError:
+        raise InputError("request body (JSON) is nested too deeply") from None
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object")
     return body

@@ -129,6 +129,13 @@ def cli(ctx: click.Context, remote: str | None) -> None:
 )
 @click.option("--insecure", is_flag=True, help="Serve plain HTTP (local demo and tests only).")
 @click.option(
+    "--require-signatures/--accept-unsigned",
+    default=lambda: settings.get("CARIFLEX_VTN_REQUIRE_SIGNATURES").strip().lower() in ("1", "true", "yes"),
+    show_default="accept unsigned",
+    help="2.0b high security: refuse unsigned messages with 463; needs TLS "
+    "($CARIFLEX_VTN_REQUIRE_SIGNATURES). Signed messages are always checked.",
+)
+@click.option(
     "--day-ahead-time",
     default=lambda: settings.get("CARIFLEX_VTN_DAY_AHEAD_TIME"),
     show_default="13:00",
@@ -141,7 +148,17 @@ def cli(ctx: click.Context, remote: str | None) -> None:
     help="CSV of 24 hourly prices for day-ahead; default: the Martinique tariff model.",
 )
 def serve(
-    host, port, admin_port, poll_seconds, tls_cert, tls_key, tls_ca, insecure, day_ahead_time, price_file
+    host,
+    port,
+    admin_port,
+    poll_seconds,
+    tls_cert,
+    tls_key,
+    tls_ca,
+    insecure,
+    require_signatures,
+    day_ahead_time,
+    price_file,
 ) -> None:
     """Run the VTN (OpenADR 2.0b) and its admin API until SIGTERM or Ctrl-C."""
     from vtn.prices import parse_publish_time
@@ -156,6 +173,11 @@ def serve(
             "refusing to serve OpenADR over plain HTTP: give --tls-cert/--tls-key/--tls-ca, "
             "or --insecure for a local demo"
         )
+    if require_signatures and not all(tls_parts):
+        raise click.UsageError(
+            "--require-signatures needs mutual TLS (--tls-cert/--tls-key/--tls-ca): signatures are checked "
+            "against the certificate each VEN was provisioned with"
+        )
     _run(parse_publish_time, day_ahead_time)
     options = VtnOptions(
         host=host,
@@ -166,6 +188,7 @@ def serve(
         tls_key=tls_key,
         tls_ca=tls_ca,
         insecure=insecure,
+        require_signatures=require_signatures,
         vtn_id=settings.get("CARIFLEX_VTN_ID"),
         admin_token=settings.secret("CARIFLEX_VTN_ADMIN_TOKEN", "vtn_admin_token"),
         day_ahead_time=day_ahead_time,

@@ -8,6 +8,7 @@ handed to the store once it is entirely valid: a bad input changes nothing.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -20,6 +21,17 @@ QUARTER = timedelta(minutes=15)
 PRICE_INTERVALS = 24
 MAX_YEARS_AWAY = 10
 MAX_LOAD_CONTROL = timedelta(days=7)
+# Ramp-up, notification and recovery periods: longer ones are typing errors (P800000D overflowed).
+MAX_PERIOD = timedelta(days=7)
+# Prices the operator may enter, in EUR/MWh (the unit is converted first). Wholesale markets cap
+# far inside this (EU day-ahead: -500..4,000 EUR/MWh); anything outside is a typing error.
+PRICE_RANGE_MWH = (-10_000.0, 100_000.0)
+
+# What an operator-given name becomes on the wire: a 2.0b ei:resourceID / oadrVenName (xs:string).
+# We allow the characters of identifiers and URNs only, so nothing needs escaping and nothing can
+# break the XML of any VEN (e.g. "site&co" or "x</ei:resourceID>").
+RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")
+VEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 PRICE_SIGNAL = ("ENERGY_PRICE", "price")
 LOAD_CONTROL_SIGNAL = ("LOAD_CONTROL", "x-loadControlCapacity")
@@ -113,7 +125,9 @@ def check_start(start: datetime, *, now: datetime, allow_past: bool, align: time
         )
 
 
-def parse_duration(text: str | timedelta | None, name: str, *, required: bool = True) -> timedelta | None:
+def parse_duration(
+    text: str | timedelta | None, name: str, *, required: bool = True, maximum: timedelta = MAX_PERIOD
+) -> timedelta | None:
     """A positive ISO 8601 duration in days, hours, minutes or seconds (e.g. PT4H, PT30M)."""
     if text is None or text == "":
         if required:
@@ -130,6 +144,8 @@ def parse_duration(text: str | timedelta | None, name: str, *, required: bool = 
             raise InputError(f"{name} {text!r}: use days, hours or minutes, not months or years")
     if value <= timedelta(0):
         raise InputError(f"{name} {text!r} must be a positive duration")
+    if value > maximum:
+        raise InputError(f"{name} {text!r} is longer than {maximum.days} days")
     return value
 
 
@@ -141,20 +157,36 @@ def parse_numbers(values: list, name: str) -> list[float]:
         try:
             number = float(raw)
         except (TypeError, ValueError):
-            raise InputError(f"{name}: value {index} ({raw!r}) is not a number") from None
+            raise InputError(f"{name}: value {index} ({_clip(raw)}) is not a number") from None
+        except OverflowError:  # an integer beyond float range, e.g. 10**400
+            raise InputError(f"{name}: value {index} ({_clip(raw)}) is not a finite number") from None
         if not math.isfinite(number):
-            raise InputError(f"{name}: value {index} ({raw!r}) is not a finite number")
+            raise InputError(f"{name}: value {index} ({_clip(raw)}) is not a finite number")
         out.append(number)
     return out
 
 
-def _names(values: list[str] | str | None, name: str) -> list[str] | None:
+def _clip(raw: object, limit: int = 40) -> str:
+    """Refused input as an error message may quote it: short, whatever it was."""
+    text = repr(raw)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _names(
+    values: list[str] | str | None, name: str, pattern: re.Pattern[str] = RESOURCE_ID
+) -> list[str] | None:
     if values is None or values == "" or values == [] or values == "all":
         return None  # "all": every VEN (also to undo an earlier --vens)
     items = values.split(",") if isinstance(values, str) else list(values)
     cleaned = [str(v).strip() for v in items]
     if any(not v for v in cleaned):
-        raise InputError(f"{name} {values!r} has an empty entry")
+        raise InputError(f"{name} {_clip(values)} has an empty entry")
+    for value in cleaned:
+        if not pattern.match(value):
+            raise InputError(
+                f"{name}: {_clip(value)} is not a valid identifier: 1-100 letters, digits, "
+                f"{'.:/_-' if pattern is RESOURCE_ID else '._-'}, starting with a letter or digit"
+            )
     return cleaned
 
 
@@ -186,6 +218,14 @@ def price_draft(
             "(one per hour)"
         )
     factor = PRICE_UNITS[unit]
+    low, high = PRICE_RANGE_MWH
+    for index, value in enumerate(values, start=1):
+        per_mwh = value * factor * 1000
+        if not low <= per_mwh <= high:
+            raise InputError(
+                f"{prices_name}: value {index} ({value:g} {currency}/{unit}) is outside "
+                f"{low:g}..{high:g} {currency}/MWh"
+            )
     return EventDraft(
         kind="price",
         signal_name=PRICE_SIGNAL[0],
@@ -199,7 +239,7 @@ def price_draft(
         },
         unit=f"{currency}/{unit}",
         resource_targets=_names(targets, "--targets"),
-        ven_names=_names(vens, "--vens"),
+        ven_names=_names(vens, "--vens", VEN_NAME),
         source=source,
         entered_values=values,
     )
@@ -222,7 +262,7 @@ def load_control_draft(
     now = now or datetime.now(UTC)
     begin = parse_time(start)
     check_start(begin, now=now, allow_past=allow_past, align=QUARTER, name="--start")
-    length = parse_duration(duration, "--duration")
+    length = parse_duration(duration, "--duration", maximum=timedelta.max)
     if length > MAX_LOAD_CONTROL:
         raise InputError(
             f"--duration {duration!r} is longer than {MAX_LOAD_CONTROL.days} days; split the event"
@@ -257,7 +297,7 @@ def load_control_draft(
         notification=parse_duration(notification, "--notification", required=False),
         recovery=parse_duration(recovery, "--recovery", required=False),
         resource_targets=_names(targets, "--targets"),
-        ven_names=_names(vens, "--vens"),
+        ven_names=_names(vens, "--vens", VEN_NAME),
         entered_values=values,
     )
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from vtn.events import (
     SITE_TZ,
+    VEN_NAME,
     Conflict,
     EventDraft,
     InputError,
@@ -36,7 +37,6 @@ LOAD_CONTROL_FIELDS = frozenset(
 )
 
 _FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){9}[0-9A-F]{2}$")
-_VEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def _seconds(value: timedelta | None) -> int | None:
@@ -372,7 +372,7 @@ def normalise_fingerprint(fingerprint: str | None) -> str | None:
 
 
 def add_ven(store: Store, name: str, fingerprint: str | None = None) -> dict[str, Any]:
-    if not name or not _VEN_NAME.match(name):
+    if not name or not VEN_NAME.match(name):
         raise InputError(f"VEN name {name!r} must be 1-100 letters, digits, '.', '_' or '-'")
     fp = normalise_fingerprint(fingerprint)
     with store.write_session() as session:

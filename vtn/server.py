@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import signal
 import time
@@ -30,9 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from openleadr import OpenADRServer, objects
+from aiohttp import web
+from openleadr import OpenADRServer, errors, objects
+from openleadr.service import VTNService
 from sqlalchemy import delete, select
 
+from vtn.openadr_edge import MAX_BODY_BYTES, OpenAdrEdge
 from vtn.operations import event_status
 from vtn.store import (
     Delivery,
@@ -65,6 +69,7 @@ class VtnOptions:
     tls_key: str | None = None
     tls_ca: str | None = None
     insecure: bool = False
+    require_signatures: bool = False
     admin_token: str = ""
     day_ahead_time: str | None = "13:00"
     price_file: str | None = None
@@ -224,13 +229,26 @@ class CariflexVtn:
             cert=options.tls_cert if tls else None,  # also signs outgoing messages
             key=options.tls_key if tls else None,
             ven_lookup=self.ven_lookup,
-            verify_message_signatures=True,
+            verify_message_signatures=False,  # the edge checks signatures (standard and high security)
             show_fingerprint=False,
         )
+        # openleadr's services answer; our edge guards their routes (vtn/openadr_edge.py says why).
+        self.edge = OpenAdrEdge(
+            self.server.services,
+            vtn_id=options.vtn_id,
+            ven_lookup=self.ven_lookup,
+            require_signatures=options.require_signatures,
+            create_message=VTNService._create_message,
+        )
+        self.edge.poll_seconds = timedelta(seconds=options.poll_seconds)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.add_routes(self.edge.routes(PATH_PREFIX))
+        self.server.app = app
         self.server.add_handler("on_create_party_registration", self.on_create_party_registration)
         self.server.add_handler("on_poll", self.on_poll)  # external mode: the store is the queue
         self.server.add_handler("on_request_event", self.on_request_event)
         self.server.add_handler("on_register_report", self.on_register_report)
+        self.server.add_handler("on_cancel_party_registration", self.on_cancel_party_registration)
         events = self.server.services["event_service"]
         events.handlers["oadrCreatedEvent"] = self.on_created_event
         reports = self.server.services["report_service"]
@@ -251,17 +269,23 @@ class CariflexVtn:
         }
 
     def on_create_party_registration(self, payload: dict[str, Any]):
+        """Register a provisioned VEN (with its certificate over TLS); refuse anyone else with 463.
+
+        One answer for both refusals, so a caller cannot tell a provisioned name from an unknown one.
+        """
         name = payload.get("ven_name")
+        refusal = "this VEN is not provisioned on this VTN with this certificate"
         with self.store.session() as session:
             ven = session.execute(select(Ven).where(Ven.ven_name == name)).scalar_one_or_none()
             if ven is None:
                 log.warning("refused registration: VEN not provisioned", extra={"fields": {"ven_name": name}})
-                return False
+                raise errors.NotRegisteredOrAuthorizedError(refusal)
             if self.options.tls:
                 presented = payload.get("fingerprint")
                 if ven.fingerprint is None or presented != ven.fingerprint:
                     log.warning(
                         "refused registration: certificate fingerprint does not match",
+                        # the operator's log may name both; the answer on the wire names neither
                         extra={
                             "fields": {
                                 "ven_name": name,
@@ -270,7 +294,9 @@ class CariflexVtn:
                             }
                         },
                     )
-                    return False
+                    raise errors.NotRegisteredOrAuthorizedError(refusal)
+            if payload.get("ven_id") and payload["ven_id"] != ven.ven_id:
+                raise errors.InvalidIdError("this venID does not belong to this VEN; register without one")
             ven.registration_id = f"reg-{secrets.token_hex(6)}"
             ven.registered_at = utcnow()
             Store.bump_generation(session)
@@ -278,6 +304,19 @@ class CariflexVtn:
         log.info("VEN registered", extra={"fields": {"ven_name": name, "ven_id": result[0]}})
         self.view.refresh(force=False)
         return result
+
+    def on_cancel_party_registration(self, payload: dict[str, Any]):
+        """The VEN leaves: its registration ends (it must register again to receive events)."""
+        ven_id, registration_id = payload.get("ven_id"), payload.get("registration_id")
+        with self.store.session() as session:
+            ven = session.execute(select(Ven).where(Ven.ven_id == ven_id)).scalar_one_or_none()
+            if ven is None or ven.registration_id != registration_id:
+                raise errors.InvalidIdError("registrationID is not this VEN's current registration")
+            ven.registration_id = None
+            Store.bump_generation(session)
+        log.info("VEN cancelled its registration", extra={"fields": {"ven_id": ven_id}})
+        self.view.refresh()
+        return "oadrCanceledPartyRegistration", {"registration_id": registration_id, "ven_id": ven_id}
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -339,8 +378,16 @@ class CariflexVtn:
     async def on_created_event(self, payload: dict[str, Any]):
         ven_id = payload["ven_id"]
         now = utcnow()
+        responses = payload.get("event_responses") or []
+        # All or nothing: an answer naming an event this VEN was never sent is refused whole (a
+        # modification crossing the answer is fine: the number answered is kept, see above).
+        sent = self.view.deliveries.get(ven_id, {})
+        unknown = sorted({str(r.get("event_id")) for r in responses if r.get("event_id") not in sent})
+        if unknown:
+            shown = ", ".join(u[:60] for u in unknown[:3])
+            raise errors.InvalidIdError(f"eventID {shown} was never sent to this VEN")
         with self.store.session() as session:
-            for response in payload.get("event_responses") or []:
+            for response in responses:
                 key = (ven_id, response["event_id"], int(response["modification_number"]))
                 existing = session.execute(
                     select(OptResponse).where(
@@ -428,19 +475,33 @@ class CariflexVtn:
                 body = interval.get("report_payload") or {}
                 if "value" not in body or interval.get("dtstart") is None:
                     continue
+                value = float(body["value"])
+                if not math.isfinite(value):  # xs:float admits NaN and INF; a reading does not
+                    raise errors.InvalidDataError(f"report value {body['value']!r} is not a finite number")
+                for name in ("r_id", "report_request_id"):
+                    text = body.get(name) if name == "r_id" else report.get(name)
+                    if text is not None and len(str(text)) > 100:
+                        raise errors.InvalidDataError(f"{name} is longer than 100 characters")
                 rows.append(
                     ReportValue(
                         ven_id=ven_id,
                         r_id=body.get("r_id"),
                         report_request_id=report.get("report_request_id"),
                         at=interval["dtstart"],
-                        value=float(body["value"]),
+                        value=value,
                     )
                 )
         if rows:
             with self.store.session() as session:
                 session.add_all(rows)
         return "oadrUpdatedReport", {}
+
+    def _security_mode(self) -> str:
+        if not self.options.tls:
+            return "none (plain HTTP: loopback or a closed network only)"
+        if self.options.require_signatures:
+            return "high (mutual TLS and XML signatures required)"
+        return "standard (mutual TLS; XML signatures checked when present)"
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -490,6 +551,7 @@ class CariflexVtn:
                     "admin_port": self.admin_port,
                     "poll_seconds": self.options.poll_seconds,
                     "tls": self.options.tls,
+                    "security": self._security_mode(),
                     "store": self.store.engine.url.render_as_string(hide_password=True),
                 }
             },

@@ -8,7 +8,7 @@ daily figures, ``--repeat`` times.
 
 Prints one JSON line. Goal: <= 5 s for the year.
 
-    .venv/bin/python bench/statistics.py [--days 365] [--repeat 3]
+    .venv/bin/python bench/site_statistics.py [--days 365] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-# This file's name hides the standard library's `statistics` from anything importing it while the
-# script's folder is first on the path: put the repository there instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+# Run as a script, the repository root is not on the path; the benches import from it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import psycopg2  # noqa: E402
