@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -700,3 +701,62 @@ def test_every_message_the_vtn_sends_validates_against_the_schema(tmp_path):
         "oadrCanceledPartyRegistration",
         "oadrRequestReregistration",
     }
+
+
+# --- the openleadr gaps the edge wraps (each shown on openleadr alone) ----------------------------
+
+
+def test_openleadr_gap_its_schema_parser_crashes_the_process_on_an_internal_entity(tmp_path):
+    """libxml2 segfaults resolving an entity with openleadr's XMLParser(schema=...): the edge refuses
+    any DOCTYPE and parses with resolve_entities=False before validating."""
+    body = tmp_path / "entity.xml"
+    body.write_bytes(ENTITY_POLL)
+    script = (
+        "import sys; from openleadr.messaging import validate_xml_schema; "
+        "validate_xml_schema(open(sys.argv[1], 'rb').read()); print('survived')"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(body)], capture_output=True, timeout=60)
+    assert result.returncode != 0 and b"survived" not in result.stdout  # killed (SIGSEGV) or raised
+    from vtn.openadr_edge import Refusal, parse_safely
+
+    with pytest.raises(Refusal, match="DOCTYPE"):
+        parse_safely(ENTITY_POLL)
+
+
+def test_openleadr_gap_its_templates_do_not_escape_and_write_none():
+    from vtn.openadr_edge import escaped
+
+    raw = create_message("oadrRequestReregistration", ven_id="site&co")
+    with pytest.raises(etree.XMLSyntaxError):
+        etree.fromstring(raw.encode())
+    assert "<ei:venID>None</ei:venID>" in create_message("oadrRequestReregistration", ven_id=None)
+    fixed = create_message("oadrRequestReregistration", **escaped({"ven_id": "site&co"}))
+    assert etree.fromstring(fixed.encode()).findtext(".//{*}venID") == "site&co"
+
+
+def test_openleadr_gap_its_http_error_cannot_be_raised_as_its_handler_does():
+    from openleadr import errors
+
+    with pytest.raises(TypeError):  # VTNService.handler on a wrong Content-Type: a 500 instead of a 400
+        errors.HTTPError(response_code=400, response_description="wrong Content-Type")
+
+
+def test_openleadr_gap_a_refused_registration_is_answered_200_ok():
+    import asyncio
+
+    from openleadr.service import RegistrationService
+
+    service = RegistrationService("vtn", poll_freq=timedelta(seconds=10))
+    service.on_create_party_registration = lambda payload: False  # "reject", per openleadr's docs
+    payload = {"ven_name": "x", "profile_name": "2.0b", "transport_name": "simpleHttp", "request_id": "r"}
+    response_type, body = asyncio.run(service.handle_message("oadrCreatePartyRegistration", payload))
+    assert response_type == "oadrCreatedPartyRegistration"
+    assert body["response"]["response_code"] == 200 and "ven_id" not in body  # 2.0b wants 463
+
+
+def test_openleadr_gap_it_assumes_a_signature_on_every_message_it_verifies():
+    from openleadr import utils
+
+    unsigned = etree.fromstring(raw_ven.poll("ven-1"))
+    with pytest.raises(AttributeError):  # what authenticate_message hits for a standard-security VEN
+        utils.extract_pem_cert(unsigned)

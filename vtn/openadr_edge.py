@@ -188,10 +188,10 @@ class OpenAdrEdge:
                 raise Refusal(HTTPStatus.BAD_REQUEST, f"unreadable message: {clip(exc, 120)}") from None
             if not isinstance(payload, dict):
                 payload = {}
-            self._check_ids(message_type, payload)
+            ven = self._check_ids(message_type, payload)
             if message_type == "oadrResponse":  # an acknowledgement needs no answer (as openleadr does)
                 return web.Response(status=200, content_type="application/xml")
-            self._authenticate(request, tree, message_type, payload)
+            self._authenticate(request, tree, message_type, payload, ven)
             if request.secure and message_type == "oadrCreatePartyRegistration":
                 payload["fingerprint"] = utils.get_cert_fingerprint_from_request(request)
             response_type, response_payload = await service.handle_message(message_type, payload)
@@ -242,14 +242,13 @@ class OpenAdrEdge:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _check_ids(self, message_type: str, payload: dict[str, Any]) -> None:
+    def _check_ids(self, message_type: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The registered VEN the message is from (None for registration messages), or a refusal."""
         vtn_id = payload.get("vtn_id")
         if vtn_id is not None and vtn_id != self.vtn_id:
             raise INVALID_ID(f"vtnID {clip(vtn_id, 60)!r} is not this VTN's ({self.vtn_id})")
-        if message_type == "oadrResponse":
-            return
-        if message_type in REGISTRATION_MESSAGES:
-            return
+        if message_type == "oadrResponse" or message_type in REGISTRATION_MESSAGES:
+            return None
         ven_id = payload.get("ven_id")
         if not ven_id:
             raise INVALID_ID(f"{message_type} carries no venID; register first and send the venID you got")
@@ -257,8 +256,16 @@ class OpenAdrEdge:
         if ven is None or ven.get("registration_id") is None:
             # Known to the spec as the way back in: the VEN registers again (provisioning decides).
             raise errors.RequestReregistration(ven_id)
+        return ven
 
-    def _authenticate(self, request: web.Request, tree, message_type: str, payload: dict[str, Any]) -> None:
+    def _authenticate(
+        self,
+        request: web.Request,
+        tree: etree._Element,
+        message_type: str,
+        payload: dict[str, Any],
+        ven: dict[str, Any] | None,
+    ) -> None:
         """TLS client certificate and XML signature; standard security = TLS alone is enough."""
         signature = tree.find(DS_SIGNATURE)
         if signature is None and self.require_signatures and message_type != "oadrResponse":
@@ -267,8 +274,7 @@ class OpenAdrEdge:
         if message_type == "oadrCreatePartyRegistration" and self.require_signatures and unsigned_declared:
             raise NOT_AUTHORIZED("this VTN requires oadrXmlSignature true (2.0b high security)")
         expected: str | None = None
-        if message_type not in REGISTRATION_MESSAGES and message_type != "oadrResponse":
-            ven = self.ven_lookup(payload["ven_id"]) or {}
+        if ven is not None:
             expected = ven.get("fingerprint")
             if request.secure:
                 presented = utils.get_cert_fingerprint_from_request(request)
