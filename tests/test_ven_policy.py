@@ -151,3 +151,70 @@ def test_opting_out_of_a_later_modification_lifts_the_earlier_limit(tmp_path):
     # openleadr's own lookup of an answer it forgot (a re-sent cancelled event) no longer raises
     client = _Client(ven_name="v", vtn_url="http://127.0.0.1:9/OpenADR2/Simple/2.0b")
     assert client.responded_events["evt-forgotten"] == "optIn"
+
+
+def _two_signals(load_values=(0.5,), *, number=0):
+    both = event(values=[0.1, 0.2])
+    load = event("LOAD_CONTROL", "x-loadControlCapacity", list(load_values), measurement={})
+    both["event_signals"] += load["event_signals"]
+    both["event_descriptor"]["modification_number"] = number
+    return both
+
+
+def test_each_signal_of_an_event_becomes_its_own_normalised_event():
+    decision = decide(_two_signals(), RESOURCES)
+    assert decision.opt == "optIn" and decision.normalised is None  # not one event any more
+    assert [(p["event_id"], p["signal_name"], len(p["intervals"])) for p in decision.parts] == [
+        ("evt-1#ENERGY_PRICE", "ENERGY_PRICE", 2),
+        ("evt-1#LOAD_CONTROL", "LOAD_CONTROL", 1),
+    ]
+    twice = event(values=[0.1])
+    twice["event_signals"] += event("ELECTRICITY_PRICE", values=[0.2])["event_signals"]
+    assert decide(twice, RESOURCES).reason == "more than one price signal in one event"
+    bad = _two_signals([1.5])
+    assert (
+        decide(bad, RESOURCES).reason
+        == "signal LOAD_CONTROL: interval 0 capacity fraction 1.5 is outside 0..1"
+    )
+
+
+def test_intervals_flexmeasures_cannot_store_are_opted_out_or_averaged():
+    five = [T0 + timedelta(minutes=5 * i) for i in range(3)]
+    load = event("LOAD_CONTROL", "x-loadControlCapacity", [0.5] * 3, measurement={}, starts=five)
+    for interval in load["event_signals"][0]["intervals"]:
+        interval["duration"] = timedelta(minutes=5)
+    assert decide(load, RESOURCES).reason.endswith(
+        "is not on the 15-minute grid FlexMeasures keeps load-control levels on"
+    )
+    quarters = event(values=[0.1, 0.2, 0.3, 0.4], starts=[T0 + timedelta(minutes=15 * i) for i in range(4)])
+    for interval in quarters["event_signals"][0]["intervals"]:
+        interval["duration"] = timedelta(minutes=15)
+    averaged = decide(quarters, RESOURCES)
+    assert averaged.normalised["intervals"] == [
+        {"start": "2030-03-02T04:00:00+00:00", "duration": "PT1H", "value": 0.25}
+    ]
+    two_hours = decide(event(values=[0.3], hours=2), RESOURCES)  # whole hours stay as they are
+    assert two_hours.normalised["intervals"] == [
+        {"start": "2030-03-02T04:00:00+00:00", "duration": "PT2H", "value": 0.3}
+    ]
+
+
+def test_a_modification_without_its_load_control_signal_lifts_the_limit(tmp_path):
+    import asyncio
+
+    from ven_bridge.outbox import Outbox
+    from ven_bridge.ven import CariflexVen, VenOptions
+
+    box = Outbox(tmp_path)
+    ven = CariflexVen(VenOptions("v", "http://vtn", frozenset(RESOURCES), "Cariflex site"), box, poster=None)
+    assert asyncio.run(ven.handle_event(_two_signals(number=0))) == "optIn"
+    price_only = event(values=[0.1, 0.3])
+    price_only["event_descriptor"]["modification_number"] = 1
+    assert asyncio.run(ven.handle_event(price_only)) == "optIn"
+    assert [(e.dedupe_key, e.payload["status"]) for e in box.pending()] == [
+        ("event:evt-1#ENERGY_PRICE:0", "far"),
+        ("event:evt-1#LOAD_CONTROL:0", "far"),
+        ("event:evt-1:1", "far"),  # the price, now the event's only signal
+        ("event:evt-1#LOAD_CONTROL:1", "cancelled"),  # after it: the limit is lifted
+    ]
+    assert box.get_state("load_control_events")["evt-1#LOAD_CONTROL"]["status"] == "cancelled"

@@ -149,6 +149,15 @@ class Outbox:
             return None, wait
         return Entry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]), None
 
+    def pending(self) -> list[Entry]:
+        """Every entry not yet delivered, in order (due or not)."""
+        rows = (
+            self._conn()
+            .execute("SELECT id, kind, dedupe_key, payload, created_at, attempts FROM outbox ORDER BY id")
+            .fetchall()
+        )
+        return [Entry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
     def mark_done(self, entry: Entry) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))

@@ -9,6 +9,9 @@
   it stopped, without posting anything twice.
 - Telemetry: a TELEMETRY_USAGE report (power_real, the fleet's total in kW) from the device powers
   the bridge last posted to FlexMeasures.
+- The VTN may take the registration away (oadrRequestReregistration, oadrCancelPartyRegistration):
+  the client says so (``_Client.lost``) and ``serve_openadr`` registers again with a fresh client,
+  through the same retry loop (tests/test_ven_foreign_vtn.py runs this against a foreign VTN).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from openleadr import OpenADRClient
 
 from ven_bridge.dr_report import DrVerificationFollower
 from ven_bridge.outbox import Outbox
-from ven_bridge.policy import Decision, decide
+from ven_bridge.policy import Decision, belongs_to, decide, part_key
 from ven_bridge.poster import Poster
 
 log = logging.getLogger("cariflex.ven")
@@ -55,21 +58,66 @@ class _Answers(dict):
 
 
 class _Client(OpenADRClient):
-    """openleadr's client, telling us when the VTN answered."""
+    """openleadr's client, telling us when the VTN answered and when it took the registration away."""
 
-    def __init__(self, *args, on_contact=None, **kwargs):
+    def __init__(self, *args, on_contact=None, registration_id=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._on_contact = on_contact
         # openleadr gap: it forgets its answer to a cancelled event, and when the VTN sends that event
         # again (its answer was lost) the lookup raises KeyError and every other event of the message
         # is opted out and never handled. A cancellation is acknowledged, so answer optIn.
         self.responded_events = _Answers()
+        # A re-registration names the registration the VTN asked us to renew (2.0b registrationID).
+        self._renew_registration_id = registration_id
+        self.registered_vtn_id: str | None = None  # the vtnID of the VTN that registered us
+        self.lost = asyncio.Event()  # set when this client is no longer registered with the VTN
+        self.lost_reason: str | None = None
+        self.rejoin_registration_id: str | None = None  # what the next client re-registers with
 
     async def _perform_request(self, service, message):
         result = await super()._perform_request(service, message)
         if result and result[0] is not None and self._on_contact:
             self._on_contact(service)
         return result
+
+    async def create_party_registration(self, *args, registration_id=None, **kwargs):
+        result = await super().create_party_registration(
+            *args, registration_id=registration_id or self._renew_registration_id, **kwargs
+        )
+        if result and self.registration_id:
+            self.registered_vtn_id = result[1].get("vtn_id")
+        return result
+
+    async def _on_event(self, message):
+        # openleadr gap: it answers the whole oadrCreatedEvent with 452 INVALID_ID whenever the
+        # vtnID is all lowercase ("myvtn", as in openleadr's own examples; a 2.0b vtnID is any
+        # string), so a VTN that checks the code may drop every opt in it; yet it never compares
+        # the vtnID with the VTN it registered with. We compare, and raise openleadr's flag (with a
+        # lowercase stand-in, nothing else in _on_event reads the vtnID) for another VTN's id only.
+        vtn_id = message.get("vtn_id")
+        other = self.registered_vtn_id is not None and vtn_id != self.registered_vtn_id
+        return await super()._on_event({**message, "vtn_id": "other" if other else "REGISTERED"})
+
+    def _lose(self, reason: str, rejoin_registration_id: str | None) -> None:
+        self.lost_reason, self.rejoin_registration_id = reason, rejoin_registration_id
+        self.lost.set()
+
+    async def create_party_reregistration(self, registration_id=None):
+        # openleadr gap: its re-registration stops the client for good when the VTN does not answer
+        # at once (nothing restarts it), and on success starts a second report worker and asks the
+        # VTN for reports again while the old report jobs keep running. We hand over to a fresh
+        # client instead (CariflexVen.serve_openadr), which re-registers with this registrationID
+        # through the usual retry loop. (openleadr has already answered the request with oadrResponse.)
+        self._lose("the VTN asked us to re-register", registration_id or self.registration_id)
+
+    async def on_cancel_party_registration(self, message):
+        # openleadr gap: after answering oadrCanceledPartyRegistration it removes all its jobs, the
+        # poll included, and sits there: the VEN would never hear from the VTN again. We register
+        # again (a VTN that meant it refuses that registration, and we retry with capped backoff).
+        registered = self.registration_id
+        await super().on_cancel_party_registration(message)
+        if registered is not None and self.registration_id is None:
+            self._lose("the VTN cancelled our registration", None)
 
 
 class CariflexVen:
@@ -104,25 +152,24 @@ class CariflexVen:
         event_id, number = descriptor.get("event_id"), descriptor.get("modification_number")
         try:
             decision = decide(event, set(self.options.resources))
-            if (
-                decision.normalised is not None
-                and decision.normalised["signal_name"] == "LOAD_CONTROL"
-                and decision.normalised["status"] != "cancelled"
-                and self.controller is not None
-            ):
-                feasible, why = self.controller.can_meet(decision.normalised)
-                if not feasible:  # promising a cap the fleet cannot hold helps no one: say so
-                    decision = Decision("optOut", why, None)
+            if self.controller is not None:
+                for part in decision.parts:
+                    if part["signal_name"] != "LOAD_CONTROL" or part["status"] == "cancelled":
+                        continue
+                    feasible, why = self.controller.can_meet(part)
+                    if not feasible:  # promising a cap the fleet cannot hold helps no one: say so
+                        decision = Decision("optOut", why)
+                        break
             self.outbox.record_decision(str(event_id), int(number or 0), decision.opt, decision.reason)
-            if decision.normalised is None:
-                self._withdraw(str(event_id), descriptor)
-            else:
-                self.outbox.add("event", decision.key, decision.normalised)
-                if decision.normalised["signal_name"] == "LOAD_CONTROL":
+            for part in decision.parts:
+                self.outbox.add("event", part_key(part), part)
+                if part["signal_name"] == "LOAD_CONTROL":
                     # The fleet controller caps the site import while it is active.
                     events = self.outbox.get_state("load_control_events", {})
-                    events[decision.normalised["event_id"]] = decision.normalised
+                    events[part["event_id"]] = part
                     self.outbox.set_state("load_control_events", events)
+            # after the new parts, so that FlexMeasures already knows the levels now in force
+            self._withdraw(str(event_id), descriptor, keep={part["event_id"] for part in decision.parts})
         except Exception:  # openleadr would opt out of *every* event in the message on an exception
             log.exception("event handling failed", extra={"fields": {"event_id": event_id}})
             return "optOut"
@@ -140,25 +187,29 @@ class CariflexVen:
         )
         return decision.opt
 
-    def _withdraw(self, event_id: str, descriptor: dict) -> None:
-        """Opting out of a modification of a load-control event we acted on must lift its limit:
-        FlexMeasures gets it as cancelled (else the earlier level would stay in force)."""
+    def _withdraw(self, event_id: str, descriptor: dict, keep: set[str]) -> None:
+        """Opting out of a modification of a load-control event we acted on (or a modification
+        without its load-control signal) must lift its limit: FlexMeasures gets it as cancelled
+        (else the earlier level would stay in force)."""
         events = self.outbox.get_state("load_control_events", {})
-        earlier = events.get(event_id)
-        if earlier is None or earlier.get("status") == "cancelled":
-            return
         modified = descriptor.get("modification_date_time")
-        withdrawn = {
-            **earlier,
-            "status": "cancelled",
-            "modification_number": int(descriptor.get("modification_number") or 0),
-            "modification_date_time": modified.isoformat()
-            if isinstance(modified, datetime)
-            else earlier["modification_date_time"],
-        }
-        self.outbox.add("event", f"event:{event_id}:{withdrawn['modification_number']}", withdrawn)
-        events[event_id] = withdrawn
-        self.outbox.set_state("load_control_events", events)
+        changed = False
+        for part_id, earlier in list(events.items()):
+            if part_id in keep or not belongs_to(part_id, event_id) or earlier.get("status") == "cancelled":
+                continue
+            withdrawn = {
+                **earlier,
+                "status": "cancelled",
+                "modification_number": int(descriptor.get("modification_number") or 0),
+                "modification_date_time": modified.isoformat()
+                if isinstance(modified, datetime)
+                else earlier["modification_date_time"],
+            }
+            self.outbox.add("event", part_key(withdrawn), withdrawn)
+            events[part_id] = withdrawn
+            changed = True
+        if changed:
+            self.outbox.set_state("load_control_events", events)
 
     def fleet_power(self) -> list[tuple[datetime, float]]:
         """TELEMETRY_USAGE: total battery + EV power in kW, from what was last posted; nothing if none."""
@@ -175,7 +226,7 @@ class CariflexVen:
 
     # --- registration with retry ----------------------------------------------------------------
 
-    def _new_client(self) -> _Client:
+    def _new_client(self, ven_id: str | None = None, registration_id: str | None = None) -> _Client:
         o = self.options
         client = _Client(
             ven_name=o.ven_name,
@@ -186,6 +237,8 @@ class CariflexVen:
             vtn_fingerprint=o.vtn_fingerprint,
             show_fingerprint=False,
             on_contact=self._contact,
+            ven_id=ven_id,
+            registration_id=registration_id,
         )
         client.add_handler("on_event", self.handle_event)
         client.add_handler("on_update_event", self.handle_event)
@@ -220,15 +273,17 @@ class CariflexVen:
                 )
         return client
 
-    async def register(self) -> _Client | None:
+    async def register(self, ven_id: str | None = None, registration_id: str | None = None) -> _Client | None:
+        """A registered client, or None once stopping. ``ven_id``/``registration_id``: the
+        registration to renew, offered in the first attempt only (the VTN may have forgotten it)."""
         attempt = 0
         while not self.stopping.is_set():
             attempt += 1
             log.info(
                 "registering with the VTN",
-                extra={"fields": {"attempt": attempt, "vtn_url": self.options.vtn_url}},
+                extra={"fields": {"attempt": attempt, "vtn_url": self.options.vtn_url, "ven_id": ven_id}},
             )
-            client = self._new_client()
+            client = self._new_client(*((ven_id, registration_id) if attempt == 1 else ()))
             running = asyncio.create_task(client.run())
             stopping = asyncio.create_task(self.stopping.wait())
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,8 +299,6 @@ class CariflexVen:
                 log.warning(
                     "registration attempt failed", extra={"fields": {"error": repr(running.exception())}}
                 )
-                with contextlib.suppress(Exception):
-                    await client.stop()
             elif client.registration_id:
                 self.outbox.set_state(
                     "registration",
@@ -269,6 +322,9 @@ class CariflexVen:
                     },
                 )
                 return client
+            # (a registration the VTN cancelled in the first poll leaves openleadr's jobs running)
+            with contextlib.suppress(Exception):
+                await client.stop()
             delay = min(REGISTER_BACKOFF_CAP_S, 2 ** (attempt - 1))
             self.outbox.set_state(
                 "registration", {"ven_id": None, "failed_attempts": attempt, "at": time.time()}
@@ -279,6 +335,35 @@ class CariflexVen:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
         return None
+
+    async def serve_openadr(self) -> None:
+        """Registered with the VTN until stopping; registered again whenever the VTN takes the
+        registration away (the client is then replaced, see _Client). Leaves ``self.client``
+        running for run() to stop."""
+        renew: tuple[str | None, str | None] = (None, None)
+        while not self.stopping.is_set():
+            client = await self.register(*renew)
+            self.client = client
+            if client is None:
+                return
+            lost = asyncio.create_task(client.lost.wait())
+            stopping = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            stopping.cancel()
+            if self.stopping.is_set():
+                return
+            log.warning(
+                "registration lost; registering again",
+                extra={"fields": {"reason": client.lost_reason, "ven_id": client.ven_id}},
+            )
+            self.outbox.set_state(
+                "registration", {"ven_id": None, "lost": client.lost_reason, "at": time.time()}
+            )
+            with contextlib.suppress(Exception):
+                await client.stop()
+            self.client = None
+            renew = (client.ven_id, client.rejoin_registration_id)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -315,7 +400,7 @@ class CariflexVen:
                 }
             },
         )
-        self.client = await self.register()
+        tasks.append(asyncio.create_task(self.serve_openadr()))
         await self.stopping.wait()
         log.info("ven stopping")
         await asyncio.gather(*tasks)
