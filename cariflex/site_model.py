@@ -41,6 +41,11 @@ SOURCE_VTN = ("OpenADR VTN", "gateway")
 SOURCE_INSIGHTS = ("Cariflex insights", "reporter")
 DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN, SOURCE_INSIGHTS)
 
+# Energy prices any edge accepts (operator input at the VTN, events at the plugin), in EUR/MWh.
+# Wholesale markets cap far inside this (EU day-ahead -500..4,000 EUR/MWh): anything outside is a
+# typing or unit error, and 1e308 EUR/kWh would be stored as inf.
+PRICE_RANGE_EUR_PER_MWH = (-10_000.0, 100_000.0)
+
 # The insights asset's sensors (flexmeasures_cariflex/data/services: statistics.py,
 # flexibility.py, dr_verification.py), each with the figure of the result it holds.
 DAILY_STATISTICS = {  # daily values in the site's local days

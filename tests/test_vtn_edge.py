@@ -439,7 +439,7 @@ def test_cancel_party_registration_ends_the_registration(tmp_path):
         ({"targets": ["site&co"]}, "not a valid identifier"),
         ({"targets": ["a" * 101]}, "not a valid identifier"),
         ({"vens": ["v<1>"]}, "not a valid identifier"),
-        ({"prices": [10**400] * 24}, "not a finite number"),
+        ({"prices": [10**400] * 24}, "digits"),
         ({"prices": [1e305] * 24}, "outside"),
         ({"prices": [1e9] + [100] * 23}, "outside"),
     ],

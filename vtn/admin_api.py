@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from cariflex.json_input import JsonInputError, load_json
 from vtn import operations
 from vtn.events import Conflict, InputError, NotFound
 
@@ -53,11 +54,9 @@ async def errors_and_auth(request: web.Request, handler):
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and a number of over 4300 digits
-        raise InputError("request body must be a JSON object") from None
-    except RecursionError:
-        raise InputError("request body (JSON) is nested too deeply") from None
+        body = load_json(await request.read())  # size, depth, finite numbers, no NUL (cariflex.json_input)
+    except JsonInputError as exc:
+        raise InputError(f"request body must be a JSON object: {exc}") from None
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object")
     return body

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 import isodate
 
+from cariflex.site_model import PRICE_RANGE_EUR_PER_MWH
+
 SITE_TZ = ZoneInfo("America/Martinique")
 HOUR = timedelta(hours=1)
 QUARTER = timedelta(minutes=15)
@@ -23,9 +25,8 @@ MAX_YEARS_AWAY = 10
 MAX_LOAD_CONTROL = timedelta(days=7)
 # Ramp-up, notification and recovery periods: longer ones are typing errors (P800000D overflowed).
 MAX_PERIOD = timedelta(days=7)
-# Prices the operator may enter, in EUR/MWh (the unit is converted first). Wholesale markets cap
-# far inside this (EU day-ahead: -500..4,000 EUR/MWh); anything outside is a typing error.
-PRICE_RANGE_MWH = (-10_000.0, 100_000.0)
+# Prices the operator may enter, in EUR/MWh (the unit is converted first): the site-wide range.
+PRICE_RANGE_MWH = PRICE_RANGE_EUR_PER_MWH
 
 # What an operator-given name becomes on the wire: a 2.0b ei:resourceID / oadrVenName (xs:string).
 # We allow the characters of identifiers and URNs only, so nothing needs escaping and nothing can

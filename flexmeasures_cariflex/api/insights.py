@@ -18,6 +18,7 @@ from flask import jsonify, request
 from flask_security import auth_token_required
 
 from cariflex.fleet import FleetError
+from cariflex.json_input import quote
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.api.routes import _message, current_fleet
 from flexmeasures_cariflex.data.services.openadr_ingest import SiteNotReady
@@ -62,7 +63,9 @@ def get_flexibility():
     try:
         hours = float(raw)
     except ValueError:
-        return _message(400, f"hours: {raw!r} is not a number")
+        return _message(400, f"hours: {quote(raw)} is not a number")
+    if not 0 < hours <= 48:  # also refuses nan and inf
+        return _message(400, f"hours: {quote(raw)} must be more than 0 and at most 48")
     return _answer(lambda: current(current_fleet(), hours=hours).as_dict())
 
 

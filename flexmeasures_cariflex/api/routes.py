@@ -28,7 +28,9 @@ from flexmeasures.auth.decorators import roles_accepted
 from flexmeasures.data import db
 
 from cariflex.fleet import Fleet, FleetError, load_fleet
+from cariflex.json_input import JsonInputError, quote
 from flexmeasures_cariflex.api import cariflex_api_bp
+from flexmeasures_cariflex.api.guards import json_body
 from flexmeasures_cariflex.data.services.admin_user import VEN_ROLE
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.replan import current_schedule, request_replan
@@ -49,20 +51,26 @@ def _message(status: int, message: str) -> tuple[Any, int]:
 @auth_token_required
 @roles_accepted(VEN_ROLE)  # FlexMeasures' version also accepts admin
 def post_openadr_event():
-    body = request.get_json(silent=True)
+    try:
+        body = json_body()
+    except JsonInputError as exc:
+        return _message(400, f"the request body must be a JSON object (an OpenADR event): {exc}")
     if not isinstance(body, dict):
-        what = "not valid JSON" if body is None else f"a JSON {type(body).__name__}"
-        return _message(400, f"the request body must be a JSON object (an OpenADR event), got {what}")
+        return _message(
+            400,
+            f"the request body must be a JSON object (an OpenADR event), got a JSON {type(body).__name__}",
+        )
+    event_id = quote(body.get("event_id"))
     try:
         result = ingest_event(body, current_fleet())
         db.session.commit()
     except IngestError as exc:
         db.session.rollback()
-        current_app.logger.warning(f"OpenADR event {body.get('event_id')!r} refused: {exc}")
+        current_app.logger.warning(f"OpenADR event {event_id} refused: {quote(str(exc), 300)}")
         return _message(422, str(exc))
     except (SiteNotReady, FleetError) as exc:
         db.session.rollback()
-        current_app.logger.error(f"OpenADR event {body.get('event_id')!r} not ingested: {exc}")
+        current_app.logger.error(f"OpenADR event {event_id} not ingested: {exc}")
         return _message(503, str(exc))
     except Exception:
         db.session.rollback()
@@ -97,9 +105,9 @@ def get_schedule():
     try:
         hours = float(raw)
     except ValueError:
-        return _message(400, f"hours: {raw!r} is not a number")
-    if not 0 < hours <= 48:
-        return _message(400, f"hours: {raw} must be more than 0 and at most 48")
+        return _message(400, f"hours: {quote(raw)} is not a number")
+    if not 0 < hours <= 48:  # also refuses nan
+        return _message(400, f"hours: {quote(raw)} must be more than 0 and at most 48")
     try:
         schedule = current_schedule(current_fleet(), hours)
     except (LookupError, FleetError) as exc:

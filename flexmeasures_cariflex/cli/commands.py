@@ -16,6 +16,7 @@ from flexmeasures.data import db
 
 from cariflex import settings
 from cariflex.fleet import Fleet, FleetError, load_fleet
+from cariflex.json_input import JsonInputError, load_json
 from flexmeasures_cariflex import cariflex_bp
 from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
@@ -183,11 +184,11 @@ def ingest_event_command(event_file: str, no_replan: bool, fleet_file: str | Non
     limit changed, the fleet is re-planned at once (the next request re-plans if --no-replan)."""
     fleet = _load(fleet_file)
     try:
-        event = json.loads(Path(event_file).read_text(encoding="utf-8"))
+        event = load_json(Path(event_file).read_bytes())  # the API's JSON rules, for the file too
     except OSError as exc:
         _refuse(f"{event_file} cannot be read: {exc.strerror or exc}")
-    except ValueError as exc:
-        _refuse(f"{event_file} is not valid JSON: {exc}")
+    except JsonInputError as exc:
+        _refuse(f"{event_file} is not JSON we accept: {exc}")
     with writing(IngestError, SiteNotReady):
         result = ingest_event(event, fleet)
     click.echo(result.summary())

@@ -52,7 +52,8 @@ from flexmeasures.data.models.time_series import Sensor
 from sqlalchemy import select
 
 from cariflex.fleet import Fleet
-from cariflex.site_model import SOURCE_VTN
+from cariflex.json_input import quote
+from cariflex.site_model import PRICE_RANGE_EUR_PER_MWH, SOURCE_VTN
 from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
 from flexmeasures_cariflex.data.services.site_setup import (
@@ -193,51 +194,53 @@ def _fields(value: Any, where: str, expected: tuple[str, ...]) -> dict[str, Any]
 
 def _datetime(value: Any, where: str) -> datetime:
     if not isinstance(value, str):
-        raise IngestError(f"{where}: must be an ISO 8601 date-time string, got {value!r}")
+        raise IngestError(f"{where}: must be an ISO 8601 date-time string, got {quote(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise IngestError(f"{where}: {value!r} is not an ISO 8601 date-time") from None
+        raise IngestError(f"{where}: {quote(value)} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
-        raise IngestError(f"{where}: {value!r} has no UTC offset (write e.g. {value}+00:00)")
+        raise IngestError(f"{where}: {quote(value)} has no UTC offset (add an offset such as +00:00)")
     try:
         parsed = parsed.astimezone(UTC)
     except OverflowError:
-        raise IngestError(f"{where}: {value!r} is out of range") from None
+        raise IngestError(f"{where}: {quote(value)} is out of range") from None
     if abs(parsed.year - datetime.now(UTC).year) > 10:
-        raise IngestError(f"{where}: {value!r} is more than 10 years from today")
+        raise IngestError(f"{where}: {quote(value)} is more than 10 years from today")
     return parsed
 
 
 def _duration(value: Any, where: str) -> timedelta:
     if not isinstance(value, str):
-        raise IngestError(f"{where}: must be an ISO 8601 duration string such as 'PT1H', got {value!r}")
+        raise IngestError(f"{where}: must be an ISO 8601 duration string such as 'PT1H', got {quote(value)}")
     try:
         parsed = isodate.parse_duration(value)
     except (isodate.ISO8601Error, ValueError, OverflowError):
-        raise IngestError(f"{where}: {value!r} is not an ISO 8601 duration such as 'PT1H'") from None
+        raise IngestError(f"{where}: {quote(value)} is not an ISO 8601 duration such as 'PT1H'") from None
     if not isinstance(parsed, timedelta):  # years or months: no fixed length
-        raise IngestError(f"{where}: {value!r} has no fixed length (use days, hours or minutes)")
+        raise IngestError(f"{where}: {quote(value)} has no fixed length (use days, hours or minutes)")
     if parsed <= timedelta(0):
-        raise IngestError(f"{where}: {value!r} must be positive")
+        raise IngestError(f"{where}: {quote(value)} must be positive")
+    if parsed > MAX_PERIOD:
+        raise IngestError(f"{where}: {quote(value)} is longer than {MAX_PERIOD.days} days")
     return parsed
 
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise IngestError(f"{where}: must be a number, got {value!r}")
+        raise IngestError(f"{where}: must be a number, got {quote(value)}")
     try:
         number = float(value)
     except OverflowError:
-        raise IngestError(f"{where}: {value!r} is too large") from None
+        raise IngestError(f"{where}: {quote(value)} is too large") from None
     if not math.isfinite(number):
-        raise IngestError(f"{where}: must be a finite number, got {number!r}")
+        raise IngestError(f"{where}: must be a finite number, got {quote(number)}")
     return number
 
 
 def _text(value: Any, where: str, max_length: int = 200) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise IngestError(f"{where}: must be a non-empty string, got {value!r}")
+        raise IngestError(f"{where}: must be a non-empty string, got {quote(value)}")
     if len(value) > max_length:
         raise IngestError(f"{where}: longer than {max_length} characters")
     return value
@@ -246,24 +249,26 @@ def _text(value: Any, where: str, max_length: int = 200) -> str:
 def _item_base(value: Any, kind: str, signal: str) -> None:
     if kind == LOAD_CONTROL:
         if value is not None:
-            raise IngestError(f"item_base: must be null for {signal} (levels are fractions), got {value!r}")
+            raise IngestError(
+                f"item_base: must be null for {signal} (levels are fractions), got {quote(value)}"
+            )
         return
     if value is None:
         raise IngestError(f"item_base: {signal} needs one, e.g. {PRICE_ITEM_BASE}")
     item = _fields(value, "item_base", ITEM_BASE_FIELDS)
     if item["name"] != "currencyPerKWh":
         raise IngestError(
-            f"item_base.name: {item['name']!r} is not supported; only 'currencyPerKWh' "
+            f"item_base.name: {quote(item['name'])} is not supported; only 'currencyPerKWh' "
             "(prices per kWh of energy; per-kW (capacity) prices cannot be stored in EUR/MWh)"
         )
     if item["unit"] != "EUR":
         raise IngestError(
-            f"item_base.unit: currency {item['unit']!r} is not supported; only 'EUR' "
+            f"item_base.unit: currency {quote(item['unit'])} is not supported; only 'EUR' "
             "(prices are stored in EUR/MWh and no exchange rate is known)"
         )
     if item["scale"] != "none":
         raise IngestError(
-            f"item_base.scale: {item['scale']!r} is not supported; only 'none' (values in EUR per kWh)"
+            f"item_base.scale: {quote(item['scale'])} is not supported; only 'none' (values in EUR per kWh)"
         )
 
 
@@ -281,9 +286,15 @@ def _intervals(value: Any, kind: str, status: str) -> tuple[Interval, ...]:
             duration=_duration(item["duration"], f"{where}.duration"),
             value=_number(item["value"], f"{where}.value"),
         )
+        low, high = (bound / 1000 for bound in PRICE_RANGE_EUR_PER_MWH)  # EUR/kWh on the wire
+        if kind == PRICE and not low <= interval.value <= high:
+            raise IngestError(
+                f"{where}.value: {interval.value:g} EUR/kWh is outside {low:g}..{high:g} "
+                f"({PRICE_RANGE_EUR_PER_MWH[0]:g}..{PRICE_RANGE_EUR_PER_MWH[1]:g} EUR/MWh)"
+            )
         if kind == LOAD_CONTROL and not 0.0 <= interval.value <= 1.0:
             raise IngestError(
-                f"{where}.value: {interval.value!r} is outside 0..1 (a load-control level is a "
+                f"{where}.value: {quote(interval.value)} is outside 0..1 (a load-control level is a "
                 "fraction of normal capacity)"
             )
         if out:
@@ -310,10 +321,10 @@ def parse_event(event: Any) -> Event:
     event_id = _text(data["event_id"], "event_id")
     number = data["modification_number"]
     if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-        raise IngestError(f"modification_number: must be an integer >= 0, got {number!r}")
+        raise IngestError(f"modification_number: must be an integer >= 0, got {quote(number)}")
     status = data["status"]
     if status not in STATUSES:
-        raise IngestError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+        raise IngestError(f"status: {quote(status)} is not one of {', '.join(STATUSES)}")
     modified = _datetime(data["modification_date_time"], "modification_date_time")
     signal_name, signal_type = data["signal_name"], data["signal_type"]
     kind = (
@@ -324,7 +335,7 @@ def parse_event(event: Any) -> Event:
     if kind is None:
         supported = ", ".join(f"{n}/{t}" for n, t in SIGNALS)
         raise IngestError(
-            f"signal_name/signal_type: {signal_name!r}/{signal_type!r} is not supported "
+            f"signal_name/signal_type: {quote(signal_name)}/{quote(signal_type)} is not supported "
             f"(supported: {supported})"
         )
     signal = f"{signal_name}/{signal_type}"

@@ -25,6 +25,7 @@ temperature coefficient and inverter limit from the fleet description; source "C
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -36,6 +37,7 @@ import requests
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from cariflex.json_input import JsonInputError, load_json, quote
 from cariflex.site_model import SOURCE_OPEN_METEO, SOURCE_SIMULATOR
 from cariflex.solar import clear_sky_ghi, plane_of_array, pv_power_kw, synthetic_weather
 
@@ -50,6 +52,8 @@ VARIABLES = {
 PV_SOURCE = ("Cariflex PV model", "forecaster")
 QUARTER = pd.Timedelta(minutes=15)
 MINUTE = pd.Timedelta(minutes=1)
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a year of hourly values is ~1 MB; a generous ceiling
+MAX_UTC_OFFSET_S = 14 * 3600  # the widest UTC offsets in use (UTC-12 .. UTC+14)
 ARCHIVE_LAG = timedelta(days=5)  # the archive API lags; anything more recent comes from the forecast API
 
 
@@ -128,12 +132,10 @@ def request_open_meteo(
             except ValueError:
                 reason = response.text[:300]
             raise WeatherError(f"Open-Meteo refused the request ({response.status_code}): {reason}")
-        try:
-            return response.json()
-        except ValueError:
-            raise WeatherError(
-                f"Open-Meteo answered with something that is not JSON: {response.text[:200]!r}"
-            ) from None
+        try:  # the one JSON reader for outside input: size, depth, finite numbers, clean text
+            return load_json(response.content, max_bytes=MAX_ANSWER_BYTES)
+        except JsonInputError as exc:
+            raise WeatherError(f"Open-Meteo answered with JSON we cannot use: {exc}") from None
     raise WeatherUnreachable(f"Open-Meteo not available after {retries + 1} attempts: {problem}")
 
 
@@ -149,13 +151,15 @@ def parse_hourly(payload: Any) -> tuple[pd.DataFrame, int]:
     if not isinstance(times, list) or not times:
         raise WeatherError("Open-Meteo answer: 'hourly.time' is missing or empty")
     offset = payload.get("utc_offset_seconds", 0)
-    if not isinstance(offset, int):
-        raise WeatherError(f"Open-Meteo answer: utc_offset_seconds {offset!r} is not a number of seconds")
+    if isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > MAX_UTC_OFFSET_S:
+        raise WeatherError(
+            f"Open-Meteo answer: utc_offset_seconds {quote(offset)} is not a UTC offset in seconds (±14 h)"
+        )
     try:
         index = pd.DatetimeIndex(pd.to_datetime(times, format="%Y-%m-%dT%H:%M"))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise WeatherError(
-            f"Open-Meteo answer: 'hourly.time' has a value that is not a time ({exc})"
+            f"Open-Meteo answer: 'hourly.time' has a value that is not a time ({quote(str(exc), 120)})"
         ) from None
     index = (index - pd.Timedelta(seconds=offset)).tz_localize("UTC")  # local wall time -> UTC
     if (
@@ -179,6 +183,8 @@ def parse_hourly(payload: Any) -> tuple[pd.DataFrame, int]:
             )
         if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in values):
             raise WeatherError(f"Open-Meteo answer: 'hourly.{variable}' holds a value that is not a number")
+        if any(v is not None and not math.isfinite(float(v)) for v in values):
+            raise WeatherError(f"Open-Meteo answer: 'hourly.{variable}' holds a value that is not finite")
         columns[sensor] = pd.Series([np.nan if v is None else float(v) for v in values], index=index)
     frame = pd.DataFrame(columns)
     return frame, int(frame.isna().sum().sum())
