@@ -9,7 +9,9 @@ its minimum fill level (an EV never below the energy its departure needs). What 
 delivered is reported as the shortfall.
 
 Measurements from the resource managers leave as 1-minute averages through the outbox (one entry
-per sensor per minute, never a request per S2 message).
+per sensor per minute, never a request per S2 message), and only for sensors the site model has:
+a resource manager that is not a device of the fleet (or a value the site has no sensor for) is
+logged once and dropped here, never queued for a sensor FlexMeasures does not have.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cariflex.fleet import Fleet
+from cariflex.site_model import sensor_names
 from ven_bridge.outbox import Outbox
 from ven_bridge.s2_cem import Cem
 from ven_bridge.schedule_follower import ScheduleFollower
 
 log = logging.getLogger("cariflex.ven.fleet")
+
+UNKNOWN_LOGGED_MAX = 100  # devices whose dropped measurements are logged (once each)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class FleetController:
         self.shortfall_kw = 0.0
         self.cap_kw: float | None = None
         self._minute: datetime | None = None
+        self.sensors = frozenset(sensor_names(fleet))  # what measurements may be queued for
+        self.dropped = 0  # measurements dropped: no such sensor in the site model
+        self._dropped_devices: set[str] = set()
 
     def _min_kw(self, name: str) -> float:
         device, state = self.limits[name], self.cem.devices.get(name)
@@ -184,7 +192,7 @@ class FleetController:
         for name, state in self.cem.devices.items():
             samples = [w for t, w in state.power_samples if t >= cutoff]
             state.power_samples = [(t, w) for t, w in state.power_samples if t >= cutoff - 60]
-            if samples:
+            if samples and self._known(name, f"{name}_power"):
                 self.outbox.add(
                     "measurement",
                     f"m:{name}_power:{start.isoformat()}",
@@ -196,7 +204,7 @@ class FleetController:
                         "unit": "kW",
                     },
                 )
-            if state.fill_level is not None:
+            if state.fill_level is not None and self._known(name, f"{name}_soc"):
                 self.outbox.add(
                     "measurement",
                     f"m:{name}_soc:{start.isoformat()}",
@@ -209,12 +217,27 @@ class FleetController:
                     },
                 )
 
+    def _known(self, device: str, sensor: str) -> bool:
+        """Whether the site model has ``sensor``; if not, the measurement is dropped (logged once per
+        device, its name clipped: a resource manager chooses it)."""
+        if sensor in self.sensors:
+            return True
+        self.dropped += 1
+        if device not in self._dropped_devices and len(self._dropped_devices) < UNKNOWN_LOGGED_MAX:
+            self._dropped_devices.add(device)
+            log.warning(
+                "measurement of a device not in the fleet dropped",
+                extra={"fields": {"device": device[:64], "sensor": sensor[:80]}},
+            )
+        return False
+
     def status(self) -> dict:
         return {
             "connected": sum(d.connected for d in self.cem.devices.values()),
             "under_frbc": sum(d.controllable for d in self.cem.devices.values()),
             "cap_kw": self.cap_kw,
             "shortfall_kw": round(self.shortfall_kw, 3),
+            "dropped_measurements": self.dropped,
             "devices": {
                 n: {
                     "power_kw": None if d.power_w is None else round(d.power_w / 1000, 3),

@@ -3,12 +3,20 @@
 No FlexMeasures import: the VEN image does not have it. The token from ``/api/requestAuthToken``
 goes in the ``Authorization`` header as it is (FlexMeasures answers 401 to "Bearer <token>"), and
 is renewed before FlexMeasures' 6-hour lifetime ends, or at once when a request gets a 401.
+
+What an answer means for the outbox (retry it, or give up on it) is the poster's call
+(``ven_bridge.poster.classify``); the client only reports what happened, and says so when it knows
+by itself that FlexMeasures will never take an entry (``Answer.final``: a measurement for a sensor
+the set-up site does not have).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -27,16 +35,29 @@ class Answer:
     status: int
     text: str
     etag: str | None = None
+    retry_after_s: float | None = None  # FlexMeasures' Retry-After (429, 503), in seconds
+    final: bool = False  # the client knows FlexMeasures will never take this (see module docstring)
 
     @property
     def accepted(self) -> bool:
         return 200 <= self.status < 300
 
-    @property
-    def refused(self) -> bool:
-        """FlexMeasures will never take this data. Other failures (unreachable, 5xx, 401/403/404 from a
-        misconfigured account or a missing plugin, 429) are retried: they are fixed elsewhere."""
-        return self.status in (400, 409, 413, 415, 422)
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) in seconds from now; None if absent or garbled."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class FlexMeasuresClient:
@@ -61,10 +82,12 @@ class FlexMeasuresClient:
         except requests.RequestException as exc:
             return Answer(0, f"cannot reach FlexMeasures at {self.base_url}: {exc}")
         if response.status_code != 200:
-            # Wrong credentials are a configuration problem, not bad data: keep retrying.
+            # A failed login says nothing about the entry being posted: wrong credentials are a
+            # configuration problem, so whatever FlexMeasures answered, the entry is retried (503).
             return Answer(
-                503 if response.status_code in (400, 401) else response.status_code,
-                f"login as {self.email} refused: {response.text[:500]}",
+                429 if response.status_code == 429 else 503,
+                f"login as {self.email} refused: HTTP {response.status_code}: {response.text[:500]}",
+                retry_after_s=retry_after(response.headers.get("Retry-After")),
             )
         try:
             self._token = response.json()["auth_token"]
@@ -92,33 +115,62 @@ class FlexMeasuresClient:
             if response.status_code == 401 and attempt == 1:
                 self._token = None  # expired or revoked: log in again once
                 continue
-            return Answer(response.status_code, response.text, response.headers.get("ETag"))
+            return Answer(
+                response.status_code,
+                response.text,
+                response.headers.get("ETag"),
+                retry_after(response.headers.get("Retry-After")),
+            )
         raise AssertionError("unreachable")
 
     def post_event(self, normalised: dict[str, Any]) -> Answer:
         return self.request("POST", EVENTS_PATH, normalised)
 
-    def sensor_id(self, name: str) -> int | None:
-        """Resolve a sensor name through the plugin's API (cached; refreshed once on a miss)."""
-        for refresh in (False, True):
-            if self._sensor_ids is None or refresh:
-                answer = self.request("GET", SENSORS_PATH)
-                if not answer.accepted:
-                    return None
-                import json
-
-                self._sensor_ids = json.loads(answer.text)["sensors"]
-            if name in self._sensor_ids:
-                return self._sensor_ids[name]
-        return None
+    def sensor_id(self, name: str, refresh: bool = False) -> tuple[int | None, Answer | None]:
+        """A sensor's id by name through the plugin's API: (id, None); (None, None) when the site has
+        no such sensor (the plugin lists a site's sensors only once it is set up, else answers 503);
+        (None, answer) when the lookup failed. Cached; looked up again on a miss or with ``refresh``."""
+        if refresh or self._sensor_ids is None or name not in self._sensor_ids:
+            answer = self.request("GET", SENSORS_PATH)
+            if not answer.accepted:
+                return None, answer
+            try:
+                self._sensor_ids = {str(k): int(v) for k, v in json.loads(answer.text)["sensors"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return None, Answer(502, f"unreadable sensor list from FlexMeasures: {answer.text[:300]}")
+        return self._sensor_ids.get(name), None
 
     def post_measurement(self, measurement: dict[str, Any]) -> Answer:
-        """FlexMeasures' own sensor data endpoint, sensor resolved by name."""
-        sensor_id = self.sensor_id(measurement["sensor"])
-        if sensor_id is None:
-            return Answer(503, f"sensor {measurement['sensor']!r} not found (yet) in FlexMeasures")
-        body = {k: measurement[k] for k in ("values", "start", "duration", "unit")}
-        return self.request("POST", f"/api/v3_0/sensors/{sensor_id}/data", body)
+        """FlexMeasures' own sensor data endpoint, sensor resolved by name. An optional ``prior`` (the
+        belief time) is passed on: FlexMeasures then keeps one value per minute and refuses a changed
+        one with 403 INVALID_REPLACEMENT (without it, the belief time is the time of the request)."""
+        try:
+            name = str(measurement["sensor"])
+            body = {k: measurement[k] for k in ("values", "start", "duration", "unit")}
+        except (KeyError, TypeError) as exc:
+            return Answer(
+                400, f"not a measurement (needs sensor, values, start, duration, unit): {exc!r}", final=True
+            )
+        if "prior" in measurement:
+            body["prior"] = measurement["prior"]
+        for refresh in (False, True):
+            sensor_id, failed = self.sensor_id(name, refresh=refresh)
+            if failed is not None:
+                return failed  # e.g. 503: the site is not set up (yet); retried
+            if sensor_id is None:
+                return Answer(
+                    404,
+                    f"sensor {name[:100]!r} does not exist in FlexMeasures (its site is set up without it): "
+                    "if the fleet gained this device, run `flexmeasures cariflex setup`, then "
+                    "`cariflex-ven outbox requeue`",
+                    final=True,
+                )
+            answer = self.request("POST", f"/api/v3_0/sensors/{sensor_id}/data", body)
+            stale = answer.status == 404 or (answer.status == 422 and "No sensor found" in answer.text)
+            if not stale:
+                return answer
+            # that id is gone (the sensor was deleted, perhaps made again): look the name up once more
+        return answer
 
     def get_dr_verification(self, since: str = "P2D") -> Answer:
         """The verification of the recent load-control events (plugin: dr_verification.py)."""
