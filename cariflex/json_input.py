@@ -33,6 +33,12 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """Outside text as an answer or a log line may show it, unquoted: clipped, printable."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text)[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _depth(text: str, max_depth: int) -> None:
     """Refuse nesting beyond ``max_depth`` before json.loads can recurse (RecursionError)."""
     depth = 0

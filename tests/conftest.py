@@ -155,3 +155,31 @@ def request_token(app, email: str, password: str) -> str:
     response = call(app, "POST", "/api/requestAuthToken", json={"email": email, "password": password})
     assert response.status_code == 200, response.json
     return response.json["auth_token"]
+
+
+# --- the fuzz campaign's tally (tests/fuzzing.py; `make fuzz` prints it) -------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("fuzz")
+    if marker is not None and report.when == "call" and report.failed:
+        from tests import fuzzing
+
+        fuzzing.failed(marker.args[0])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("CARIFLEX_FUZZ_REPORT")
+    if path:
+        from tests import fuzzing
+
+        fuzzing.write_report(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # a full campaign (make fuzz) may take longer than the suite's 600 s per test
+        if item.get_closest_marker("fuzz") is not None:
+            item.add_marker(pytest.mark.timeout(1500))

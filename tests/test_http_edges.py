@@ -6,7 +6,7 @@ Every case: a 4xx naming the problem, no SQL or stack trace in the answer, nothi
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from flexmeasures.data.models.time_series import Sensor, TimedBelief

@@ -37,7 +37,7 @@ import requests
 
 from cariflex import settings
 from cariflex.fleet import Fleet
-from cariflex.json_input import JsonInputError, load_json, quote
+from cariflex.json_input import JsonInputError, clip, load_json, quote
 from cariflex.site_model import SOURCE_OPEN_METEO, SOURCE_SIMULATOR
 from cariflex.solar import clear_sky_ghi, plane_of_array, pv_power_kw, synthetic_weather
 
@@ -128,9 +128,11 @@ def request_open_meteo(
             continue
         if response.status_code != 200:
             try:
-                reason = response.json().get("reason", response.text[:300])
-            except ValueError:
-                reason = response.text[:300]
+                answer = load_json(response.content, max_bytes=MAX_ANSWER_BYTES)
+                reason = answer.get("reason") if isinstance(answer, dict) else None
+            except JsonInputError:
+                reason = None
+            reason = clip(reason if isinstance(reason, str) else response.text, 300)
             raise WeatherError(f"Open-Meteo refused the request ({response.status_code}): {reason}")
         try:  # the one JSON reader for outside input: size, depth, finite numbers, clean text
             return load_json(response.content, max_bytes=MAX_ANSWER_BYTES)
