@@ -708,3 +708,15 @@ def test_openleadr_gap_it_assumes_a_signature_on_every_message_it_verifies():
     unsigned = etree.fromstring(raw_ven.poll("ven-1"))
     with pytest.raises(AttributeError):  # what authenticate_message hits for a standard-security VEN
         utils.extract_pem_cert(unsigned)
+
+
+@pytest.mark.parametrize("event_id", ["evt\x00x", "e" * 5000, "ev%2Ft", "évènement"])
+def test_odd_event_ids_in_admin_paths_are_404_not_500(plain, event_id):
+    vtn, store, _ = plain
+    before = rows(store)
+    for method, suffix in (("GET", ""), ("PATCH", ""), ("POST", "/cancel"), ("GET", "/opts")):
+        body = {"prices": PRICES} if method == "PATCH" else None
+        response = vtn.admin(method, f"/events/{requests.utils.quote(event_id)}{suffix}", body)
+        assert response.status_code == 404, (method, suffix, response.text[:200])
+        assert len(response.json()["error"]) < 200
+    assert rows(store) == before

@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from cariflex.json_input import clip
 from vtn.events import (
+    RESOURCE_ID,
     SITE_TZ,
     VEN_NAME,
     Conflict,
@@ -126,9 +128,10 @@ def _apply(event: Event, draft: EventDraft) -> None:
 
 
 def _get_event(session: Session, event_id: str) -> Event:
-    event = session.get(Event, event_id)
+    # Checked before the lookup: a NUL or an over-long id would make PostgreSQL fail, not answer.
+    event = session.get(Event, event_id) if RESOURCE_ID.match(event_id or "") else None
     if event is None:
-        raise NotFound(f"event {event_id!r} does not exist (see `cariflex-vtn event list`)")
+        raise NotFound(f"event {clip(repr(event_id))} does not exist (see `cariflex-vtn event list`)")
     return event
 
 
