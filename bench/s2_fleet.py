@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import percentile, print_result  # noqa: E402
 from cariflex.fleet import default_fleet_path, load_fleet  # noqa: E402
+from cariflex.s2.credentials import write_tokens  # noqa: E402
 from ven_bridge.fleet_control import FleetController  # noqa: E402
 from ven_bridge.outbox import Outbox  # noqa: E402
+from ven_bridge.pairing import PairingStore  # noqa: E402
 from ven_bridge.s2_cem import Cem  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -78,12 +80,19 @@ def acknowledged(cem: Cem, since: float) -> float | None:
 async def run_size(size: int, trials: int, folder: Path) -> dict:
     path = fleet_file(folder, size)
     fleet = load_fleet(path)
-    cem = Cem(port=0)
+    names = [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
+    pairings = PairingStore(folder / f"state_{size}")  # every device paired, as in `cariflex-ven pair`
+    tokens = folder / f"s2_tokens_{size}.json"
+    write_tokens(tokens, {name: pairings.pair(name) for name in names})
+    cem = Cem(port=0, pairings=pairings, fleet=names)
     await cem.start()
     outbox = Outbox(folder / f"state_{size}")
     env = {**os.environ, "CARIFLEX_VAR_DIR": str(folder), "CARIFLEX_LOG_LEVEL": "WARNING"}
     sim = subprocess.Popen(
-        [str(BIN / "cariflex-sim"), "run", "--s2-url", f"ws://127.0.0.1:{cem.port}/s2", "--fleet", str(path)],
+        [
+            *(str(BIN / "cariflex-sim"), "run", "--s2-url", f"ws://127.0.0.1:{cem.port}/s2"),
+            *("--fleet", str(path), "--token-file", str(tokens)),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -93,7 +102,6 @@ async def run_size(size: int, trials: int, folder: Path) -> dict:
     task = asyncio.create_task(controller.run(stopping))
     try:
         await wait_for(lambda: sum(d.controllable for d in cem.devices.values()) == size, 120)
-        names = [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
         cpu0, received0 = time.process_time(), _received(cem)
         samples = []
         for trial in range(trials):

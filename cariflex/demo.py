@@ -3,7 +3,9 @@
 Today it prepares the database (embedded PostgreSQL under var/ unless CARIFLEX_DATABASE_URL is
 set), runs ``flexmeasures db upgrade``, ``flexmeasures cariflex setup`` and creates the admin,
 then serves FlexMeasures with the plugin on CARIFLEX_FM_BIND until Ctrl-C or SIGTERM. Later
-components (VTN, VEN bridge, simulator, Grafana) join the same process list.
+components (VTN, VEN bridge, simulator, Grafana) join the same process list. The simulated
+devices are paired with the VEN's S2 CEM first (``cariflex-ven pair --all --token-file``, kept
+across restarts), as an operator pairs real ones.
 
 This module orchestrates processes only; it does not import FlexMeasures.
 """
@@ -134,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             "CARIFLEX_VTN_URL", f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
         )
         fleet_args = ["--fleet", args.fleet] if args.fleet else []
+        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM once paired with it.
+        tokens = pair_simulated_devices(fleet_args, env)
         start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
-        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM.
-        start_process("device-simulator", [str(BIN / "cariflex-sim"), "run", *fleet_args], env, running)
+        start_process(
+            "device-simulator",
+            [str(BIN / "cariflex-sim"), "run", *fleet_args, "--token-file", str(tokens)],
+            env,
+            running,
+        )
         print(banner(base, vtn_admin), flush=True)
         log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
         while not stop.is_set() and all(proc.poll() is None for _, proc in running):
@@ -155,6 +163,34 @@ def start_process(
     running.append((name, proc))
     log.info("started", extra={"fields": {"process": name, "pid": proc.pid}})
     return proc
+
+
+def pair_simulated_devices(fleet_args: list[str], env: dict[str, str]) -> Path:
+    """Pair every simulated device with the VEN's S2 CEM (idempotent: valid tokens are kept); the
+    tokens go to the simulator's token file (mode 600), only their hashes to the VEN's state."""
+    from simulator.cli import default_token_file
+
+    tokens = default_token_file()
+    result = subprocess.run(
+        [str(BIN / "cariflex-ven"), "pair", "--all", "--token-file", str(tokens), *fleet_args],
+        env=env,
+        cwd=env["CARIFLEX_VAR_DIR"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"demo: pairing the simulated devices failed: {result.stderr.strip()[-500:]}")
+    log.info(
+        "simulated devices paired",
+        extra={
+            "fields": {
+                "new": result.stdout.count(": paired"),
+                "kept": result.stdout.count(": already paired"),
+                "token_file": str(tokens),
+            }
+        },
+    )
+    return tokens
 
 
 def provision_ven(name: str) -> None:

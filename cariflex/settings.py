@@ -93,6 +93,23 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_VEN_STATE_DIR", None, "VEN outbox and state (--state-dir); unset = var/ven"),
     Variable("CARIFLEX_S2_HOST", "127.0.0.1", "address the VEN's S2 CEM binds to (0.0.0.0 in containers)"),
     Variable("CARIFLEX_S2_PORT", "8765", "S2 WebSocket port of the VEN's CEM, path /s2 (--s2-port)"),
+    Variable(
+        "CARIFLEX_S2_CERT",
+        None,
+        "certificate (PEM, chain) of the VEN's S2 CEM: it then serves wss:// (--s2-cert); unset = ws://",
+    ),
+    Variable("CARIFLEX_S2_KEY", None, "the S2 CEM certificate's private key, PEM file (--s2-key)"),
+    Variable(
+        "CARIFLEX_S2_CA_FILE",
+        None,
+        "simulator: CA (PEM) that signed the CEM's certificate, for wss:// (--s2-ca-file); unset = system CA",
+    ),
+    Variable(
+        "CARIFLEX_S2_TOKEN_FILE",
+        None,
+        "simulator: the simulated devices' S2 access tokens, JSON, mode 600 (--token-file; written by "
+        "`cariflex-ven pair --token-file`); unset = $CARIFLEX_VAR_DIR/sim/s2_tokens.json",
+    ),
     Variable("CARIFLEX_FM_URL", "http://127.0.0.1:5000", "FlexMeasures the VEN posts to"),
     Variable(
         "CARIFLEX_VEN_SCHEDULE_POLL_S",

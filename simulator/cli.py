@@ -2,9 +2,13 @@
 
     cariflex-sim run [--s2-url ws://127.0.0.1:8765/s2] [--fleet FILE] [--devices bat_01,ev_03]
                      [--measure-seconds 2] [--cem-timeout-seconds 30] [--ev-presence always|schedule]
+                     [--token-file var/sim/s2_tokens.json] [--s2-ca-file CA.pem]
 
 One process, one asyncio loop, one WebSocket (and S2 session) per device. Logs are JSON lines on
 stderr. SIGTERM or SIGINT closes every connection and exits 0.
+
+Each device presents its S2 access token, as a paired real device does; the tokens come from
+``--token-file`` (written by ``cariflex-ven pair DEVICE… --token-file FILE``; the demo does it).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from cariflex import logs, settings
 from cariflex.fleet import FleetError, load_fleet
+from cariflex.s2.credentials import TokenFile
 from simulator.devices import PRESENCE_CHOICES, build_devices
 from simulator.rm import run_fleet
 
@@ -30,6 +36,11 @@ def default_url() -> str:
     except KeyError:  # an older settings module without the variable
         port = os.environ.get("CARIFLEX_S2_PORT")
     return f"ws://127.0.0.1:{port or 8765}/s2"
+
+
+def default_token_file() -> Path:
+    configured = settings.get("CARIFLEX_S2_TOKEN_FILE")
+    return Path(configured) if configured else settings.var_dir() / "sim" / "s2_tokens.json"
 
 
 def _positive(text: str) -> float:
@@ -84,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
         help="'always': cars plugged in all the time (default); 'schedule': they follow the fleet's "
         "arrival/departure times",
     )
+    run.add_argument(
+        "--token-file",
+        default=None,
+        help="the devices' S2 access tokens, JSON written by `cariflex-ven pair … --token-file` "
+        "($CARIFLEX_S2_TOKEN_FILE; default $CARIFLEX_VAR_DIR/sim/s2_tokens.json); re-read on every "
+        "connection attempt",
+    )
+    run.add_argument(
+        "--s2-ca-file",
+        default=None,
+        help="CA (PEM) of the CEM's certificate for a wss:// URL ($CARIFLEX_S2_CA_FILE; default: system CAs)",
+    )
     run.add_argument("--log-level", default=None, help="log level ($CARIFLEX_LOG_LEVEL, default INFO)")
     check = commands.add_parser(
         "check",
@@ -121,13 +144,22 @@ async def _run(args: argparse.Namespace) -> int:
         print("cariflex-sim: the fleet has no batteries or EV chargers", file=sys.stderr)
         return 2
     url = args.s2_url or default_url()
+    tokens = TokenFile(args.token_file or default_token_file())
+    ca_file = args.s2_ca_file or settings.get("CARIFLEX_S2_CA_FILE")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
         "simulator starting",
-        extra={"fields": {"url": url, "fleet": fleet.source, "devices": [d.name for d in devices]}},
+        extra={
+            "fields": {
+                "url": url,
+                "fleet": fleet.source,
+                "devices": [d.name for d in devices],
+                "token_file": str(tokens.path),
+            }
+        },
     )
     await run_fleet(
         url,
@@ -135,6 +167,8 @@ async def _run(args: argparse.Namespace) -> int:
         stop=stop,
         measure_seconds=args.measure_seconds,
         cem_timeout_seconds=args.cem_timeout_seconds,
+        tokens=tokens,
+        ca_file=ca_file,
     )
     log.info("simulator stopped", extra={"fields": {"devices": len(devices)}})
     return 0

@@ -16,7 +16,11 @@ to the application (reference/s2.md §1):
   their execution time STARTED and SUCCEEDED (or ABORTED when no longer allowed), followed at once
   by an ActuatorStatus and a PowerMeasurement; RevokeObject of a pending instruction → REVOKED;
 - reconnection with capped backoff (1 s … 10 s), a new handshake and system description each
-  time; without a CEM for ``cem_timeout_seconds`` the device goes idle ("off" for EVs).
+  time; without a CEM for ``cem_timeout_seconds`` the device goes idle ("off" for EVs);
+- pairing like a real device (cariflex.s2.credentials): each connection presents the device's
+  access token as ``Authorization: Bearer`` (read afresh from ``tokens`` on every attempt); a device
+  without a token does not connect, and one the CEM refuses (close code 4401/4403/4404, logged
+  with the CEM's reason) retries only at the longest backoff; ``wss://`` with ``ca_file``.
 
 Message sequence per session, RM → CEM: Handshake, (ReceptionStatus for the CEM's Handshake and
 HandshakeResponse), ResourceManagerDetails, (ReceptionStatus for SelectControlType),
@@ -29,11 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from s2python.common import (
@@ -61,7 +67,7 @@ from s2python.connection.async_.control_type.class_based import (
     ResourceManagerHandler,
     S2ControlType,
 )
-from s2python.connection.async_.medium.s2_medium import S2MediumException
+from s2python.connection.async_.medium.s2_medium import MediumCouldNotConnectError, S2MediumException
 from s2python.connection.async_.medium.websocket import WebsocketClientMedium
 from s2python.connection.async_.message_handlers import MessageHandlers
 from s2python.connection.connection_events import S2ConnectionEvent
@@ -69,8 +75,11 @@ from s2python.frbc import FRBCActuatorStatus, FRBCInstruction, FRBCStorageStatus
 from s2python.message import S2Message
 from s2python.reception_status_awaiter import ReceptionStatusAwaiter
 from s2python.version import S2_VERSION
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
 
 from cariflex.fleet import Battery, EVCharger
+from cariflex.s2.credentials import CLOSE_REPLACED, REFUSED, TokenFileError
 from cariflex.s2.devices import POWER
 from simulator.devices import SimDevice
 
@@ -221,6 +230,41 @@ class RmConnection(S2AsyncConnection):
             task.cancel()
 
 
+class _Medium(WebsocketClientMedium):
+    """s2-python's WebSocket client medium (bearer token on the upgrade), plus what it lacks: a CA
+    file for a CEM with its own certificate (it only offers verify on/off) and the close code and
+    reason the CEM gave (to tell a refusal from a network failure)."""
+
+    def __init__(self, url: str, token: str | None, ssl_context: ssl.SSLContext | None):
+        super().__init__(url, bearer_token=token)
+        self._ssl_context = ssl_context
+
+    async def connect(self) -> None:
+        options: dict[str, Any] = {"open_timeout": 10}
+        if self._ssl_context is not None and self.url.startswith("wss://"):
+            options["ssl"] = self._ssl_context
+        if self._bearer_token:
+            options["additional_headers"] = {"Authorization": f"Bearer {self._bearer_token}"}
+        try:
+            self._ws = await ws_connect(self.url, **options)
+        except (EOFError, OSError, WebSocketException, TimeoutError) as exc:
+            self._closed = True
+            raise MediumCouldNotConnectError(f"Could not connect due to: {exc}") from exc
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.protocol.close_code if self._ws is not None else None
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._ws.protocol.close_reason if self._ws is not None else None
+
+
+def client_ssl_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """Verify the CEM's certificate against ``ca_file`` (else the system's CAs)."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 # --- control types and the RM handler -------------------------------------------------------------
 
 
@@ -318,7 +362,11 @@ class SimulatedRM:
     """A device, its physics loop and its (re)connecting S2 session. Readable state for tests:
     ``power_w``, ``fill_level``, ``mode_label``, ``factor``, ``connected``, ``frbc_active``,
     ``instruction_statuses`` (instruction id → statuses sent), ``rejections`` (id → reason),
-    ``sent`` (recent messages sent), ``sessions`` (count of sessions started)."""
+    ``sent`` (recent messages sent), ``sessions`` (count of sessions started), ``closes`` (the
+    CEM's close codes and reasons), ``refused`` (the last refusal, None once accepted again).
+
+    ``tokens``: where the device's access token comes from, anything with ``get(name)`` (a dict,
+    or a ``cariflex.s2.credentials.TokenFile``); ``ca_file``: CA of the CEM's certificate (wss)."""
 
     def __init__(
         self,
@@ -330,6 +378,8 @@ class SimulatedRM:
         backoff_min_seconds: float = BACKOFF_MIN_SECONDS,
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
         verify_certificate: bool = True,
+        tokens: Any = None,
+        ca_file: str | Path | None = None,
     ):
         self.device = device
         self.url = url
@@ -337,6 +387,14 @@ class SimulatedRM:
         self.cem_timeout_seconds = cem_timeout_seconds
         self.backoff_min, self.backoff_max = backoff_min_seconds, backoff_max_seconds
         self.verify_certificate = verify_certificate
+        self.tokens = tokens
+        self.ssl_context = client_ssl_context(ca_file) if ca_file else None
+        if self.ssl_context is None and not verify_certificate:
+            self.ssl_context = ssl.create_default_context()
+            self.ssl_context.check_hostname, self.ssl_context.verify_mode = False, ssl.CERT_NONE
+        self.closes: list[tuple[int | None, str | None]] = []
+        self.refused: tuple[int, str] | None = None
+        self._token_problem: str | None = None
         self.connected = False
         self.frbc_active = False
         self.sessions = 0
@@ -406,18 +464,23 @@ class SimulatedRM:
         backoff = self.backoff_min
         try:
             while not self._stop.is_set():
-                medium = WebsocketClientMedium(self.url, verify_certificate=self.verify_certificate)
-                try:
-                    await medium.connect()
-                except S2MediumException as exc:
-                    log.info(
-                        "cem not reachable",
-                        extra=self._fields(url=self.url, error=str(exc), retry_in_seconds=backoff),
-                    )
+                token = self._token()
+                if token is None:
+                    self._next_delay = self.backoff_max  # look again later: it may get paired
                 else:
-                    healthy = await self._session(medium)
-                    if healthy:
-                        backoff = self.backoff_min
+                    medium = _Medium(self.url, token, self.ssl_context)
+                    try:
+                        await medium.connect()
+                    except S2MediumException as exc:
+                        log.info(
+                            "cem not reachable",
+                            extra=self._fields(url=self.url, error=str(exc), retry_in_seconds=backoff),
+                        )
+                    else:
+                        healthy = await self._session(medium)
+                        if healthy:
+                            backoff = self.backoff_min
+                        self._closed_by_cem(medium)
                 delay = backoff if self._next_delay is None else self._next_delay
                 self._next_delay = None
                 with contextlib.suppress(TimeoutError):
@@ -429,12 +492,40 @@ class SimulatedRM:
             if self._cem_timer is not None:
                 self._cem_timer.cancel()
 
+    def _token(self) -> str | None:
+        """The access token to present now (None, logged once per problem: do not connect)."""
+        try:
+            token = self.tokens.get(self.name) if self.tokens is not None else None
+            where = getattr(self.tokens, "path", "the tokens given")  # never the tokens themselves
+            problem = None if token else f"no S2 access token for {self.name} in {where}"
+        except TokenFileError as exc:
+            token, problem = None, str(exc)
+        if problem and problem != self._token_problem:
+            log.error(
+                "not paired: pair the device (cariflex-ven pair DEVICE --token-file FILE)",
+                extra=self._fields(error=problem),
+            )
+        self._token_problem = problem
+        return token
+
+    def _closed_by_cem(self, medium: _Medium) -> None:
+        code, reason = medium.close_code, medium.close_reason
+        self.closes.append((code, reason))
+        del self.closes[:-50]
+        if code in REFUSED:
+            self.refused = (code, reason or "")
+            self._next_delay = self.backoff_max  # an operator has to act: do not hammer the CEM
+            log.error("cem refused this device", extra=self._fields(code=code, reason=reason))
+        elif code == CLOSE_REPLACED:
+            log.warning("cem took a newer connection of this device", extra=self._fields(reason=reason))
+        self._changed()
+
     async def stop(self) -> None:
         self._stop.set()
         if self._connection is not None:
             await self._connection.stop()
 
-    async def _session(self, medium: WebsocketClientMedium) -> bool:
+    async def _session(self, medium: _Medium) -> bool:
         """One S2 session; True when it got as far as a control type (backoff then restarts)."""
         connection = RmConnection(medium, self.name)
         handler = _RmHandler(self, [_FrbcControl(self), _NoSelection(self)], self.details)
@@ -561,7 +652,7 @@ class SimulatedRM:
     # --- callbacks from the S2 handlers -----------------------------------------------------
 
     async def on_frbc_activated(self) -> None:
-        self._selected = True
+        self._selected, self.refused = True, None
         self._advance()
         description = self.device.model.description.model_copy(
             update={"message_id": uuid.uuid4(), "valid_from": _now()}
@@ -582,7 +673,7 @@ class SimulatedRM:
         self._changed()
 
     async def on_no_selection(self) -> None:
-        self._selected = True
+        self._selected, self.refused = True, None
         self._advance()
         self.device.go_idle(_now())
         log.info("cem selected no control: device idle", extra=self._fields())

@@ -340,3 +340,16 @@ class VtnProcess(LoggedProcess):
         if check and result.returncode != 0:
             raise AssertionError(f"cariflex-vtn {' '.join(args)} failed: {result.stderr}")
         return result
+
+
+def pair_simulator(ven_env: dict[str, str], token_file: Path) -> None:
+    """Pair every battery and EV charger with the VEN's CEM, tokens into ``token_file`` for
+    `cariflex-sim --token-file` (what the demo does)."""
+    result = subprocess.run(
+        [str(BIN / "cariflex-ven"), "pair", "--all", "--token-file", str(token_file)],
+        env=ven_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

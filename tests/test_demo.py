@@ -126,6 +126,10 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             60,
             "20 simulated devices under FRBC control",
         )
+        # ... because the demo paired them: hashes in the VEN's state, tokens for the simulator only
+        pairings = json.loads((tmp_path / "var" / "ven" / "s2_pairings.json").read_text())
+        assert len(pairings["devices"]) == 20
+        assert oct((tmp_path / "var" / "sim" / "s2_tokens.json").stat().st_mode & 0o777) == "0o600"
 
         # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
         wait_until(lambda: ven_status()["schedule"].get("version"), 120, "a fleet schedule at the VEN")

@@ -1,13 +1,15 @@
 """The S2 CEM over a real loopback WebSocket, driven message by message like a resource manager.
 
 Each bad message must get exactly one ReceptionStatus with the right status, change nothing, and
-leave the connection open (the next good message is answered OK).
+leave the connection open (the next good message is answered OK). The RM is paired (bat_07) and
+presents its token; pairing itself is tested in test_s2_pairing.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import uuid
 from datetime import UTC, datetime
 
@@ -28,6 +30,7 @@ from websockets.asyncio.client import connect
 
 from cariflex.fleet import Battery
 from cariflex.s2.devices import battery_model
+from ven_bridge.pairing import PairingStore
 from ven_bridge.s2_cem import Cem
 
 MODEL = battery_model(Battery("bat_07", 100.0, 50.0, 10.0, 95.0, 90.0))
@@ -61,7 +64,10 @@ class FakeRm:
 
 
 async def connected_rm(cem: Cem) -> tuple[FakeRm, object]:
-    ws = await connect(f"ws://127.0.0.1:{cem.port}/s2")
+    token = TOKENS[cem.pairings.path]
+    ws = await connect(
+        f"ws://127.0.0.1:{cem.port}/s2", additional_headers={"Authorization": f"Bearer {token}"}
+    )
     rm = FakeRm(ws)
     hello = Handshake(
         message_id=uuid.uuid4(), role=EnergyManagementRole.RM, supported_protocol_versions=[S2_VERSION]
@@ -89,13 +95,19 @@ def run(coro):
     return asyncio.run(coro)
 
 
+TOKENS = {}  # pairing file -> bat_07's token
+
+
 async def with_cem(test):
-    cem = Cem(port=0)
-    await cem.start()
-    try:
-        await test(cem)
-    finally:
-        await cem.stop()
+    with tempfile.TemporaryDirectory() as state:
+        store = PairingStore(state)
+        TOKENS[store.path] = store.pair("bat_07")
+        cem = Cem(port=0, pairings=store)
+        await cem.start()
+        try:
+            await test(cem)
+        finally:
+            await cem.stop()
 
 
 def test_handshake_control_type_and_a_setpoint_become_an_instruction():

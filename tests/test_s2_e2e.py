@@ -1,17 +1,34 @@
 """S2 as processes: the VEN's CEM and `cariflex-sim` (20 resource managers) over loopback WebSockets,
-with setpoints from `cariflex-ven setpoint` and a load-control event from the VTN.
+with setpoints from `cariflex-ven setpoint` and a load-control event from the VTN. The devices are
+paired with `cariflex-ven pair --all --token-file` first, as the demo does; impostors are refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import uuid
 from datetime import UTC, datetime
 
 import pytest
+from s2python.common import EnergyManagementRole, Handshake
+from s2python.version import S2_VERSION
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from cariflex.fleet import load_fleet
-from tests.openadr_harness import BIN, LoggedProcess, VenProcess, VtnProcess, base_env, wait_until
+from cariflex.s2.credentials import read_tokens
+from tests.openadr_harness import (
+    BIN,
+    LoggedProcess,
+    VenProcess,
+    VtnProcess,
+    base_env,
+    pair_simulator,
+    wait_until,
+)
+from tests.test_s2_pairing import details
 from vtn.events import SITE_TZ
 
 FLEET = load_fleet()
@@ -29,8 +46,13 @@ def chain(tmp_path_factory):
         parts["ven"] = ven = VenProcess(folder / "ven", vtn.url, "http://127.0.0.1:9").start()
         started = wait_until(lambda: ven.logged("ven started"), 60, "the VEN")[0]
         parts["url"] = url = f"ws://127.0.0.1:{started['s2_port']}/s2"
+        parts["tokens"] = tokens = folder / "sim" / "s2_tokens.json"
+        pair_simulator(ven.env, tokens)
         parts["sim"] = LoggedProcess(
-            [str(BIN / "cariflex-sim"), "run", "--s2-url", url, "--measure-seconds", "1"],
+            [
+                *(str(BIN / "cariflex-sim"), "run", "--s2-url", url, "--measure-seconds", "1"),
+                *("--token-file", str(tokens)),
+            ],
             base_env(folder / "sim"),
         ).start()
         yield parts
@@ -138,3 +160,50 @@ def test_status_shows_the_s2_fleet(chain):
             timeout=60,
         ).stdout
     )["s2"]["devices"]
+
+
+def test_impostors_are_refused_and_logged_and_the_real_device_keeps_obeying(chain):
+    ven, sim = chain["ven"], chain["sim"]
+    wait_until(lambda: s2_status(ven).get("under_frbc") == 20, 60, "20 RMs")
+    ev_01_token = read_tokens(chain["tokens"])["ev_01"]
+
+    async def impostor(token: str | None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with connect(chain["url"], additional_headers=headers) as ws:
+            try:
+                await ws.send(
+                    Handshake(
+                        message_id=uuid.uuid4(),
+                        role=EnergyManagementRole.RM,
+                        supported_protocol_versions=[S2_VERSION],
+                    ).to_json()
+                )
+                await ws.send(details("bat_01").to_json())
+                async with asyncio.timeout(10):
+                    while True:
+                        await ws.recv()
+            except ConnectionClosed:
+                pass
+            return ws.protocol.close_code, ws.protocol.close_reason
+
+    assert asyncio.run(impostor(None)) == (4401, "not paired: no access token (Authorization: Bearer)")
+    code, reason = asyncio.run(impostor(ev_01_token))  # a real token, of another device
+    assert code == 4403 and "ev_01" in reason
+    logged = wait_until(
+        lambda: len(ven.logged("s2 connection refused")) >= 2 and ven.logged("s2 connection refused"),
+        10,
+        "the refusals in the VEN's log",
+    )
+    assert [line["code"] for line in logged[-2:]] == [4401, 4403]
+    assert logged[-1]["named_device"] == "bat_01" and logged[-1]["token_device"] == "ev_01"
+    # the real bat_01 and ev_01 were never disconnected and still obey
+    assert not sim.logged("cem refused this device") and not sim.logged(
+        "cem took a newer connection of this device"
+    )
+    setpoint(ven, "bat_01", -20)
+    wait_until(
+        lambda: (p := device(ven, "bat_01").get("power_kw")) is not None and abs(p + 20) <= 0.2,
+        30,
+        "bat_01 at -20 kW",
+    )
+    assert s2_status(ven).get("under_frbc") == 20

@@ -1,7 +1,8 @@
 """An independent check of the CEM: a resource manager made only of s2-python's own RM machinery
 (ResourceManagerHandler, FRBCControlType, S2AsyncConnection, WebsocketClientMedium), none of our
 simulator's code, connects, reaches FRBC control, receives an instruction, and every message it
-sends gets exactly one ReceptionStatus.
+sends gets exactly one ReceptionStatus. It is paired like any device and presents its access token
+through s2-python's own ``bearer_token`` (``Authorization: Bearer`` on the WebSocket upgrade).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from s2python.frbc import FRBCActuatorStatus, FRBCStorageStatus
 
 from cariflex.fleet import Battery
 from cariflex.s2.devices import battery_model
+from ven_bridge.pairing import PairingStore
 from ven_bridge.s2_cem import Cem
 
 MODEL = battery_model(Battery("bat_09", 100.0, 50.0, 10.0, 95.0, 90.0))
@@ -29,8 +31,8 @@ MODEL = battery_model(Battery("bat_09", 100.0, 50.0, 10.0, 95.0, 90.0))
 class RecordingMedium(WebsocketClientMedium):
     """s2-python's websocket medium, keeping a copy of every frame in both directions."""
 
-    def __init__(self, url: str):
-        super().__init__(url)
+    def __init__(self, url: str, token: str):
+        super().__init__(url, bearer_token=token)
         self.sent: list[dict] = []
         self.received: list[dict] = []
 
@@ -80,11 +82,13 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
-def test_an_s2_python_resource_manager_is_controlled_by_the_cem():
+def test_an_s2_python_resource_manager_is_controlled_by_the_cem(tmp_path):
     async def scenario() -> None:
-        cem = Cem(port=0)
+        pairings = PairingStore(tmp_path)
+        token = pairings.pair("bat_09")
+        cem = Cem(port=0, pairings=pairings)
         await cem.start()
-        medium = RecordingMedium(f"ws://127.0.0.1:{cem.port}/s2")
+        medium = RecordingMedium(f"ws://127.0.0.1:{cem.port}/s2", token)
         control = Frbc()
         handler = ResourceManagerHandler(
             control_types=[control],

@@ -1,9 +1,13 @@
-"""The simulated resource managers over real WebSockets, against a tiny test-only CEM."""
+"""The simulated resource managers over real WebSockets, against a tiny test-only CEM.
+
+The devices present an access token as paired devices do (the test CEM records it; the real
+CEM's checks are in test_s2_pairing.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -37,9 +41,11 @@ from websockets.exceptions import ConnectionClosed
 
 from cariflex import settings
 from cariflex.fleet import load_fleet
+from cariflex.s2.credentials import write_tokens
 from cariflex.s2.devices import POWER
 from cariflex.s2.validation import check_system_description
-from simulator import build_devices, start_fleet
+from simulator import build_devices
+from simulator import start_fleet as _start_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # generous upper bound for conditions that normally hold within milliseconds
@@ -52,6 +58,7 @@ class Session:
         self.received: list[tuple[object, str]] = []  # (message, raw json)
         self.sent: list[object] = []
         self.closed = False
+        self.authorization = ws.request.headers.get("Authorization")
 
 
 class MiniCem:
@@ -171,6 +178,17 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+class AnyToken:
+    """Each simulated device's access token (the test CEM records it, it does not check it)."""
+
+    def get(self, name: str) -> str:
+        return f"token-of-{name}"
+
+
+async def start_fleet(url, devices, **options):
+    return await _start_fleet(url, devices, **{"tokens": AnyToken(), **options})
+
+
 def devices(*names: str, **kwargs):
     return build_devices(load_fleet(), list(names), **kwargs)
 
@@ -224,6 +242,7 @@ def test_handshake_details_and_system_description():
         ]
         details = cem.of(name, ResourceManagerDetails, session)[0]
         assert details.name == name
+        assert session.authorization == f"Bearer token-of-{name}"
         assert details.resource_id == uuid.uuid5(uuid.NAMESPACE_URL, "cariflex:" + name)
         assert details.available_control_types == [
             ControlType.FILL_RATE_BASED_CONTROL,
@@ -460,7 +479,10 @@ def test_cli_unknown_device_exits_2():
     assert done.returncode == 2 and "bat_99" in done.stderr
 
 
-def test_cli_runs_until_sigterm_and_closes_connections():
+def test_cli_runs_until_sigterm_and_closes_connections(tmp_path):
+    token_file = tmp_path / "s2_tokens.json"
+    write_tokens(token_file, {"bat_01": "secret-1", "ev_03": "secret-3"})
+
     async def scenario():
         cem = await MiniCem().start()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -475,6 +497,8 @@ def test_cli_runs_until_sigterm_and_closes_connections():
             "bat_01,ev_03",
             "--measure-seconds",
             "0.2",
+            "--token-file",
+            str(token_file),
             cwd=ROOT,
             env=env,
             stderr=asyncio.subprocess.PIPE,
@@ -498,6 +522,7 @@ def test_cli_runs_until_sigterm_and_closes_connections():
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert any(line["msg"] == "simulator stopped" for line in lines)
     assert {s.name for s in cem.sessions} == {"bat_01", "ev_03"}
+    assert {s.authorization for s in cem.sessions} == {"Bearer secret-1", "Bearer secret-3"}
     assert all(s.ws.protocol.close_rcvd.code == 1000 for s in cem.sessions)  # clean close by the RM
 
 
@@ -557,3 +582,22 @@ def test_full_battery_reports_that_it_stopped_charging():
 
     mode, power, level = run(scenario())
     assert (mode, power) == ("idle", 0.0) and level <= 100.0
+
+
+def test_a_device_without_a_token_does_not_connect(caplog):
+    caplog.set_level(logging.INFO, logger="cariflex.sim")
+
+    async def scenario():
+        cem = await MiniCem().start()
+        async with await start_fleet(cem.url, devices("bat_07"), tokens={}, measure_seconds=30) as fleet:
+            async with asyncio.timeout(WAIT):
+                while not [r for r in caplog.records if r.getMessage().startswith("not paired")]:
+                    await asyncio.sleep(0.01)
+            state = fleet["bat_07"].connected, fleet["bat_07"].sessions
+        await cem.stop()
+        return cem, state
+
+    cem, state = run(scenario())
+    assert cem.sessions == [] and state == (False, 0)
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("not paired")]
+    assert "no S2 access token for bat_07" in line.fields["error"]

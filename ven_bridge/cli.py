@@ -3,6 +3,10 @@
 cariflex-ven run            register with the VTN, poll, post events to FlexMeasures
 cariflex-ven status         registration, last VTN contact, outbox depth, dead letters, last post
 cariflex-ven outbox status  the outbox and every dead letter with FlexMeasures' answer
+cariflex-ven outbox requeue KEY...|--all   dead letters back into the outbox
+cariflex-ven outbox discard KEY...|--all   give up on dead letters
+cariflex-ven pair DEVICE    pair an S2 resource manager: a new access token, shown once
+cariflex-ven unpair DEVICE  revoke a device's S2 pairing; cariflex-ven pairings lists them
 """
 
 from __future__ import annotations
@@ -84,6 +88,16 @@ def cli() -> None:
     show_default="300",
     help="How often to fetch the DR verification for the telemetry report ($CARIFLEX_VEN_DR_POLL_S).",
 )
+@click.option(
+    "--s2-cert",
+    default=lambda: settings.get("CARIFLEX_S2_CERT"),
+    help="Certificate (PEM, chain) of the S2 CEM: serve wss:// instead of ws:// ($CARIFLEX_S2_CERT).",
+)
+@click.option(
+    "--s2-key",
+    default=lambda: settings.get("CARIFLEX_S2_KEY"),
+    help="Its private key (PEM; $CARIFLEX_S2_KEY).",
+)
 def run(
     vtn_url,
     ven_name,
@@ -98,6 +112,8 @@ def run(
     telemetry_seconds,
     schedule_poll_s,
     dr_poll_s,
+    s2_cert,
+    s2_key,
 ) -> None:
     """Run the VEN until SIGTERM or Ctrl-C."""
     from ven_bridge.fm_client import FlexMeasuresClient
@@ -109,6 +125,17 @@ def run(
         fleet = load_fleet(fleet_file)
     except FleetError as exc:
         raise click.ClickException(str(exc)) from None
+    if s2_key and not s2_cert:
+        raise click.UsageError("--s2-key needs --s2-cert")
+    if s2_cert:
+        import ssl
+
+        from ven_bridge.s2_cem import server_ssl_context
+
+        try:
+            server_ssl_context(s2_cert, s2_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise click.ClickException(f"S2 TLS certificate or key unusable: {exc}") from None
     logging.getLogger("openleadr").setLevel(logging.WARNING)  # it logs every message in full at INFO
     outbox = Outbox(state_path(state_dir))
 
@@ -133,6 +160,8 @@ def run(
         s2_host=s2_host,
         s2_port=s2_port,
         schedule_poll_s=schedule_poll_s,
+        s2_cert=s2_cert,
+        s2_key=s2_key,
     )
     try:
         poster = Poster(outbox, fm_client())
@@ -251,6 +280,118 @@ def setpoint(device, kw, clear, state_dir, fleet_file) -> None:
     click.echo(f"{device}: {'no setpoint' if clear else f'{kw:g} kW'}")
 
 
+def _controllable(fleet_file: str | None) -> list[str]:
+    try:
+        fleet = load_fleet(fleet_file)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    return [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
+
+
+@cli.command()
+@click.argument("devices", nargs=-1)
+@click.option("--all", "all_devices", is_flag=True, help="Every battery and EV charger of the fleet.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the tokens into this file (JSON, mode 600, as cariflex-sim reads it) instead of showing "
+    "them; a device whose token there is still valid keeps it.",
+)
+@click.option(
+    "--rotate", is_flag=True, help="With --token-file: new tokens even where the old ones are valid."
+)
+@state_option
+@click.option("--fleet", "fleet_file", default=None)
+def pair(devices, all_devices, token_file, rotate, state_dir, fleet_file) -> None:
+    """Pair DEVICE (S2 resource manager) with this CEM: a new access token, shown once.
+
+    Enter the token in the device's S2 settings: it presents it on every connection as
+    `Authorization: Bearer TOKEN`. Only the token's SHA-256 is kept (s2_pairings.json in the state
+    folder). Pairing a paired device again replaces its token: the old one stops working and a
+    running CEM closes the session that used it.
+    """
+    from cariflex.s2.credentials import TokenFileError, read_tokens, write_tokens
+    from ven_bridge.pairing import PairingError, PairingStore
+
+    known = _controllable(fleet_file)
+    names = list(dict.fromkeys([*devices, *(known if all_devices else [])]))
+    if not names:
+        raise click.UsageError("name at least one DEVICE, or --all")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.ClickException(f"not a battery or EV charger of the fleet: {', '.join(unknown)}")
+    store = PairingStore(state_path(state_dir))
+    try:
+        store.load()
+    except PairingError as exc:
+        raise click.ClickException(str(exc)) from None
+    if token_file is None:
+        for name in names:
+            click.echo(f"{name}  {store.pair(name)}")
+        click.echo(f"Shown once: only their SHA-256 is kept, in {store.path}.", err=True)
+        return
+    try:
+        tokens = read_tokens(token_file)
+    except TokenFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name in names:
+        if not rotate and name in tokens and store.verify(name, tokens[name]):
+            click.echo(f"{name}: already paired (token in {token_file})")
+            continue
+        tokens[name] = store.pair(name)
+        write_tokens(token_file, tokens)  # after each: a failure never loses a token already in force
+        click.echo(f"{name}: paired (token in {token_file})")
+
+
+@cli.command()
+@click.argument("devices", nargs=-1, required=True)
+@state_option
+def unpair(devices, state_dir) -> None:
+    """Revoke DEVICE's S2 pairing: its token stops working and a running CEM closes its session."""
+    from ven_bridge.pairing import PairingError, PairingStore
+
+    store = PairingStore(state_path(state_dir))
+    try:
+        for name in devices:
+            click.echo(f"{name}: {'unpaired' if store.unpair(name) else 'was not paired'}")
+    except PairingError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@state_option
+@click.option("--fleet", "fleet_file", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def pairings(state_dir, fleet_file, as_json) -> None:
+    """Each fleet device's S2 pairing: when it was paired and its token id (never the token)."""
+    from ven_bridge.pairing import PairingError, PairingStore
+
+    known = _controllable(fleet_file)
+    try:
+        paired = {p.device: p for p in PairingStore(state_path(state_dir)).load()}
+    except PairingError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = [
+        {
+            "device": name,
+            "paired": name in paired,
+            "paired_at": paired[name].paired_at if name in paired else None,
+            "token_id": paired[name].token_id if name in paired else None,
+            "in_fleet": name in known,
+        }
+        for name in [*known, *sorted(set(paired) - set(known))]
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = f"paired {row['paired_at']}  token {row['token_id']}" if row["paired"] else "not paired"
+        click.echo(
+            f"{row['device']:<10} {state}" + ("" if row["in_fleet"] else "  (not in the fleet: refused)")
+        )
+
+
 @cli.group()
 def outbox() -> None:
     """The queue towards FlexMeasures."""
@@ -260,27 +401,84 @@ def outbox() -> None:
 @state_option
 @click.option("--json", "as_json", is_flag=True)
 def outbox_status(state_dir, as_json) -> None:
-    """Depth, the head entry's last error, and each dead letter with FlexMeasures' answer."""
+    """Depth, entries waiting for a retry, and each dead letter with FlexMeasures' answer."""
     from ven_bridge.outbox import Outbox
 
     box = Outbox(state_path(state_dir))
     try:
-        data = {**box.status(), "dead_letter_entries": box.dead_letters(), "decisions": box.decisions()[-20:]}
+        data = {
+            **box.status(),
+            "retrying_entries": box.retrying(),
+            "dead_letter_entries": box.dead_letters(),
+            "decisions": box.decisions()[-20:],
+        }
     finally:
         box.close()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(
-        f"pending: {data['outbox_depth']}  delivered: {data['delivered']}  "
+        f"pending: {data['outbox_depth']} in {data['groups']} group(s), "
+        f"{data['retrying']} waiting for a retry  delivered: {data['delivered']}  "
         f"dead letters: {data['dead_letters']}"
     )
-    if data["head_error"]:
-        click.echo(f"head entry: {data['head_attempts']} attempt(s), last error: {data['head_error']}")
-    for dead in data["dead_letter_entries"]:
+    for entry in data["retrying_entries"]:
         click.echo(
-            f"  dead #{dead['id']} {dead['key']}  HTTP {dead['status_code']}: {dead['response'][:300]}"
+            f"  retrying {entry['key']}  {entry['attempts']} attempt(s), next in {entry['retry_in_s']} s: "
+            + _one_line(entry["last_error"])
         )
+    if data["dead_letter_entries"]:
+        click.echo("dead letters (cariflex-ven outbox requeue|discard KEY... or --all):")
+    for dead in data["dead_letter_entries"]:
+        reason = _one_line(dead["response"])
+        click.echo(f"  #{dead['id']} {dead['key']}  HTTP {dead['status_code']}: {reason}")
+
+
+def _one_line(text: str | None, limit: int = 300) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _dead_letters(action: str, keys: tuple[str, ...], all_keys: bool, state_dir: str | None) -> None:
+    from ven_bridge.outbox import Outbox
+
+    if bool(keys) == all_keys:
+        raise click.UsageError("give the KEY of each dead letter (as `outbox status` shows it), or --all")
+    box = Outbox(state_path(state_dir))
+    try:
+        done = getattr(box, action)(None if all_keys else list(keys))
+    finally:
+        box.close()
+    if keys and not done:
+        raise click.ClickException(f"no dead letter matches {' '.join(keys)}")
+    past = action.rstrip("e") + "ed"  # requeued, discarded
+    for key in done:
+        click.echo(f"{past} {key}")
+    click.echo(f"{len(done)} dead letter(s) {past}")
+
+
+@outbox.command("requeue")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_keys", is_flag=True, help="Every dead letter.")
+@state_option
+def outbox_requeue(keys, all_keys, state_dir) -> None:
+    """Put dead letters back into the outbox, each at the end of its group, attempts reset.
+
+    KEY: a dead letter's key or #number, as `outbox status` shows it; * and ? match any text
+    (e.g. 'm:bat_11_*' after `flexmeasures cariflex setup` added bat_11). A running VEN posts them
+    within seconds.
+    """
+    _dead_letters("requeue", keys, all_keys, state_dir)
+
+
+@outbox.command("discard")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_keys", is_flag=True, help="Every dead letter.")
+@state_option
+def outbox_discard(keys, all_keys, state_dir) -> None:
+    """Give up on dead letters (KEY as for requeue). Their keys are remembered for 8 days, so that
+    the VTN sending the same event again does not queue it again."""
+    _dead_letters("discard", keys, all_keys, state_dir)
 
 
 def main() -> None:

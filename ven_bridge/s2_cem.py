@@ -3,11 +3,19 @@
 s2-python brings the message models and the RM side only (no CEM, no server: reference/s2.md
 trap 9), so the CEM role is ours. One ``RmSession`` per connection:
 
+- authentication first (ven_bridge.pairing): the RM presents its access token on the WebSocket
+  upgrade (``Authorization: Bearer``); without a paired token, with a token whose device is not in
+  the fleet, or naming another device than its token's in ResourceManagerDetails, the connection is
+  closed (4401 / 4404 / 4403, see ``CLOSE_CODES``) and logged, and nothing of it reaches any device's
+  state or session. Only an authenticated connection of the same device replaces a live session
+  (4409 to the old one): that is a real device coming back after a network drop;
 - handshake (version "0.0.2-beta"), ResourceManagerDetails, then FILL_RATE_BASED_CONTROL;
-- every received message gets exactly one ReceptionStatus: OK, INVALID_DATA when s2-python cannot
-  parse it (malformed JSON, unknown type, non-UUID ids, naive timestamps), INVALID_CONTENT when it
-  parses but makes no sense here (semantic checks in cariflex.s2.validation); a bad message changes
-  nothing and the connection stays open;
+- every frame the CEM can read gets exactly one ReceptionStatus: OK, INVALID_DATA when it is not
+  JSON we accept (cariflex.json_input: nesting over ``MAX_FRAME_DEPTH``, NaN/Infinity, NUL, …), not
+  a JSON object, or when s2-python cannot parse it (unknown type, non-UUID ids, naive timestamps),
+  INVALID_CONTENT when it parses but makes no sense here (semantic checks in
+  cariflex.s2.validation); a bad message changes nothing and the connection stays open. A frame
+  over ``MAX_FRAME_BYTES`` cannot be read: the connection is closed with 1009 (message too big);
 - state per device: system description, fill level, actuator status, timers, last power, the
   instructions sent and their status updates — kept by device name across reconnections.
 
@@ -18,10 +26,12 @@ before it is sent, and a new one revokes the previous one if that has not finish
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
+import ssl
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,15 +64,30 @@ from s2python.version import S2_VERSION
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from cariflex.json_input import MAX_DEPTH, JsonInputError, load_json, quote
+from cariflex.s2.credentials import CLOSE_NOT_PAIRED, CLOSE_REPLACED, CLOSE_UNKNOWN_DEVICE, CLOSE_WRONG_DEVICE
 from cariflex.s2.devices import POWER
 from cariflex.s2.translator import NoUsableMode, Translation, translate
 from cariflex.s2.validation import check_instruction, check_system_description
+from ven_bridge.pairing import Pairing, PairingStore, Refusal
 
 log = logging.getLogger("cariflex.ven.s2")
 
 S2_PATH = "/s2"
 NIL = uuid.UUID(int=0)
 SUPPORTED_VERSIONS = (S2_VERSION,)
+MAX_FRAME_BYTES = 2**20  # larger frames close the connection with 1009; our largest message is ~10 kB
+MAX_FRAME_DEPTH = MAX_DEPTH  # 32; the deepest S2 message (FRBC.SystemDescription) nests 9 levels
+CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big", sent by websockets itself
+PAIRING_POLL_S = 1.0  # how often the CEM looks for pairing changes (revocations close sessions)
+CLOSE_CODES = {
+    CLOSE_NOT_PAIRED: "not paired: no access token, an unknown one, or a revoked one",
+    CLOSE_WRONG_DEVICE: "wrong device: the token is paired to another device than the one named",
+    CLOSE_UNKNOWN_DEVICE: "unknown device: not a battery or EV charger of the fleet",
+    CLOSE_REPLACED: "replaced by a newer authenticated connection of the same device",
+    CLOSE_TOO_BIG: f"message too big: a frame over {MAX_FRAME_BYTES} bytes",
+    1008: f"wrong path: S2 lives at {S2_PATH}",
+}
 # Messages an RM may send a CEM; anything else is answered INVALID_CONTENT.
 RM_MESSAGES = {
     "Handshake",
@@ -108,23 +133,77 @@ class DeviceState:
         return self.connected and self.frbc and self.description is not None and self.fill_level is not None
 
 
-class Cem:
-    """The server and every device's state; ``apply_setpoint`` is the control entry point."""
+def server_ssl_context(cert: str, key: str | None = None) -> ssl.SSLContext:
+    """TLS for ``wss://``: the CEM's certificate (chain) and key, TLS 1.2 at least (S2 Connect asks
+    for encrypted WebSockets and forward secrecy; Python's defaults offer only ECDHE suites)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8765):
+
+def _bearer(header: str | None) -> str | None:
+    scheme, _, token = (header or "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+class Cem:
+    """The server and every device's state; ``apply_setpoint`` is the control entry point.
+
+    ``pairings``: who may connect (ven_bridge.pairing); without it every RM is refused.
+    ``fleet``: the device names a pairing may be for (None: any paired device).
+    ``ssl_context``: serve ``wss://`` (see ``server_ssl_context``)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        pairings: PairingStore | None = None,
+        fleet: Collection[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.host, self.port = host, port
+        self.pairings = pairings
+        self.fleet = frozenset(fleet) if fleet is not None else None
+        self.ssl_context = ssl_context
         self.devices: dict[str, DeviceState] = {}
         self.sessions: dict[str, RmSession] = {}
+        self.live: set[RmSession] = set()  # every authenticated connection, named or not yet
+        self.refused = 0  # connections refused (not paired, wrong or unknown device)
         self._server = None
+        self._watcher: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
         self.on_change: asyncio.Event = asyncio.Event()  # wakes the fleet controller
 
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}{S2_PATH}"
+
     async def start(self) -> int:
-        self._server = await serve(self._accept, self.host, self.port, max_size=2**20, ping_interval=20)
+        self._server = await serve(
+            self._accept,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            max_size=MAX_FRAME_BYTES,
+            ping_interval=20,
+        )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
-        log.info("s2 cem listening", extra={"fields": {"url": f"ws://{self.host}:{self.port}{S2_PATH}"}})
+        if self.pairings is not None:
+            self._watcher = asyncio.create_task(self._watch_pairings())
+        paired = len(self.pairings.pairings()) if self.pairings else 0
+        log.info("s2 cem listening", extra={"fields": {"url": self.url, "paired_devices": paired}})
+        if not paired:
+            log.warning("s2: no device is paired, every resource manager will be refused (cariflex-ven pair)")
         return self.port
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -133,11 +212,73 @@ class Cem:
         if connection.request.path != S2_PATH:
             await connection.close(code=1008, reason=f"S2 lives at {S2_PATH}")
             return
-        session = RmSession(self, connection)
+        pairing = self._authenticate(connection)
+        if isinstance(pairing, Refusal):
+            await self.refuse(connection, pairing)
+            return
+        session = RmSession(self, connection, pairing)
+        self.live.add(session)
         try:
             await session.run()
         finally:
+            self.live.discard(session)
             session.closed()
+
+    def _authenticate(self, connection: ServerConnection) -> Pairing | Refusal:
+        if self.pairings is None:
+            return Refusal(CLOSE_NOT_PAIRED, "not paired: this CEM has no pairings")
+        pairing = self.pairings.authenticate(_bearer(connection.request.headers.get("Authorization")))
+        if isinstance(pairing, Pairing) and self.fleet is not None and pairing.device not in self.fleet:
+            return Refusal(CLOSE_UNKNOWN_DEVICE, f"unknown device: {pairing.device} is not in the fleet")
+        return pairing
+
+    async def refuse(
+        self,
+        connection: ServerConnection,
+        refusal: Refusal,
+        device: str | None = None,
+        named: str | None = None,
+    ) -> None:
+        """Close a connection that may not speak for a device, and log it (the peer gets the reason)."""
+        self.refused += 1
+        fields = {"code": refusal.code, "reason": refusal.reason, "peer": _peer(connection)}
+        if device:
+            fields["token_device"] = device
+        if named:
+            fields["named_device"] = named
+        log.warning("s2 connection refused", extra={"fields": fields})
+        await connection.close(code=refusal.code, reason=refusal.reason[:120])
+
+    def close_later(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Close another session without waiting: a dead peer (the usual reason a device reconnects)
+        would hold the caller for the whole close timeout."""
+        task = asyncio.create_task(connection.close(code=code, reason=reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _watch_pairings(self) -> None:
+        """Close live sessions whose pairing was revoked or replaced (``cariflex-ven unpair / pair``)."""
+        while True:
+            await asyncio.sleep(PAIRING_POLL_S)
+            try:
+                self.pairings.refresh()  # (a connection attempt may have re-read the file already)
+                for session in list(self.live):
+                    current = self.pairings.current(session.pairing.device)
+                    if session.refusal is None and (
+                        current is None or current.sha256 != session.pairing.sha256
+                    ):
+                        session.refusal = Refusal(
+                            CLOSE_NOT_PAIRED,
+                            f"not paired: pairing revoked ({'unpaired' if current is None else 're-paired'})",
+                        )
+                        self.refused += 1
+                        log.warning(
+                            "s2 session closed: pairing revoked",
+                            extra={"fields": {"device": session.pairing.device, "peer": _peer(session.ws)}},
+                        )
+                        self.close_later(session.ws, session.refusal.code, session.refusal.reason)
+            except Exception:  # the watcher must outlive any one bad moment
+                log.exception("s2 pairing watcher failed")
 
     def device(self, name: str) -> DeviceState:
         return self.devices.setdefault(name, DeviceState(name))
@@ -181,10 +322,13 @@ class Cem:
 class RmSession:
     """One resource manager's WebSocket connection."""
 
-    def __init__(self, cem: Cem, connection: ServerConnection):
+    def __init__(self, cem: Cem, connection: ServerConnection, pairing: Pairing):
         self.cem = cem
         self.ws = connection
+        self.pairing = pairing  # who the access token says this is
         self.state: DeviceState | None = None
+        self.refusal: Refusal | None = None  # set by a handler: close after the ReceptionStatus
+        self.named: str | None = None  # the device a refused ResourceManagerDetails named
         self.received = 0  # messages from the RM (for the benchmark's CPU time per message)
         self.pending: dict[uuid.UUID, float] = {}  # our message id -> sent at (monotonic)
         self.acks: dict[uuid.UUID, float] = {}  # our message id -> ReceptionStatus received at
@@ -209,26 +353,40 @@ class RmSession:
             pass
 
     def closed(self) -> None:
-        if self.state is not None:
+        if self.state is not None and self.cem.sessions.get(self.state.name) is self:
+            # (a session replaced by a newer one of the same device leaves the device connected)
             self.state.connected = False
-            if self.cem.sessions.get(self.state.name) is self:
-                del self.cem.sessions[self.state.name]
+            del self.cem.sessions[self.state.name]
             log.info("rm disconnected", extra={"fields": {"device": self.state.name}})
             self.cem.on_change.set()
 
+    async def invalid_data(self, subject: uuid.UUID, problem: str) -> None:
+        await self.reply(subject, ReceptionStatusValues.INVALID_DATA, problem[:500])
+        log.warning("invalid S2 message", extra={"fields": {"device": self._name(), "error": problem[:300]}})
+
     async def receive(self, raw: str | bytes) -> None:
+        if self.refusal is not None:
+            return  # being closed: nothing more from this peer counts
         self.received += 1
-        subject = _message_id(raw)
+        # s2-python gap: S2Parser.parse_as_any_message raises AttributeError for a frame that is JSON
+        # but not an object ("[]", "null", "1": it calls .get on it) and RecursionError for deep
+        # nesting, neither of them an S2ValidationError; the bounded parser and the object check here
+        # come first (tests/test_s2_pairing.py::test_s2_python_parser_gaps shows both).
         try:
-            message = S2Parser.parse_as_any_message(raw)
-        except (S2ValidationError, ValueError, TypeError) as exc:
+            document = load_json(raw, max_bytes=MAX_FRAME_BYTES, max_depth=MAX_FRAME_DEPTH)
+        except JsonInputError as exc:
+            await self.invalid_data(_message_id_in(raw), f"not JSON we accept: {exc}")
+            return
+        if not isinstance(document, dict):
+            kind = "an array" if isinstance(document, list) else quote(document, 20)
+            await self.invalid_data(NIL, f"an S2 message is a JSON object, not {kind}")
+            return
+        subject = _message_id(document)
+        try:
+            message = S2Parser.parse_as_any_message(document)
+        except (S2ValidationError, ValueError, TypeError, AttributeError) as exc:
             detail = exc.__cause__ or exc
-            await self.reply(
-                subject, ReceptionStatusValues.INVALID_DATA, f"cannot parse: {str(detail)[:300]}"
-            )
-            log.warning(
-                "invalid S2 message", extra={"fields": {"device": self._name(), "error": str(detail)[:300]}}
-            )
+            await self.invalid_data(subject, f"cannot parse: {str(detail)[:300]}")
             return
         kind = message.message_type
         if kind == "ReceptionStatus":
@@ -250,6 +408,9 @@ class RmSession:
             await self.reply(subject, ReceptionStatusValues.INVALID_CONTENT, problem[:500])
         else:
             await self.reply(subject, ReceptionStatusValues.OK)
+        if self.refusal is not None:
+            await self.cem.refuse(self.ws, self.refusal, device=self.pairing.device, named=self.named)
+            return
         await self.after(message)
 
     def _name(self) -> str | None:
@@ -265,12 +426,25 @@ class RmSession:
             return None
         if isinstance(message, ResourceManagerDetails):
             name = message.name or str(message.resource_id)
+            if name != self.pairing.device:  # identity comes from the token, never from the name
+                self.named = name
+                self.refusal = Refusal(
+                    CLOSE_WRONG_DEVICE, f"wrong device: the token is {self.pairing.device}'s, not {name}'s"
+                )
+                return self.refusal.reason
             if ControlType.FILL_RATE_BASED_CONTROL not in message.available_control_types:
                 return "the Cariflex CEM controls devices through FILL_RATE_BASED_CONTROL only"
             self.state = self.cem.device(name)
             old = self.cem.sessions.get(name)
             if old is not None and old is not self:
-                await old.ws.close(code=1000, reason="replaced by a new connection")
+                # Authenticated with this device's token: the device itself, reconnected (the old
+                # connection is dead or half-open), or a clone of its credential; both end here.
+                log.warning(
+                    "s2 session replaced",
+                    extra={"fields": {"device": name, "old_peer": _peer(old.ws), "new_peer": _peer(self.ws)}},
+                )
+                old.refusal = Refusal(CLOSE_REPLACED, "replaced by a newer connection of this device")
+                self.cem.close_later(old.ws, old.refusal.code, old.refusal.reason)
             self.cem.sessions[name] = self
             self.state.resource_id, self.state.connected, self.state.frbc = message.resource_id, True, False
             return None
@@ -392,9 +566,30 @@ class RmSession:
         )
 
 
-def _message_id(raw: str | bytes) -> uuid.UUID:
-    """The message_id of even an unparsable message, for its ReceptionStatus (else the nil UUID)."""
+def _message_id(document: dict) -> uuid.UUID:
+    """The message_id of even an invalid message, for its ReceptionStatus (else the nil UUID)."""
     try:
-        return uuid.UUID(str(json.loads(raw).get("message_id")))
-    except (ValueError, TypeError, AttributeError):
+        return uuid.UUID(str(document.get("message_id")))
+    except (ValueError, TypeError):
         return NIL
+
+
+_MESSAGE_ID = re.compile(r'"message_id"\s*:\s*"([0-9A-Fa-f-]{32,36})"')
+
+
+def _message_id_in(raw: str | bytes) -> uuid.UUID:
+    """The message_id of a frame that is not JSON we accept (NaN, too deep, …), found by pattern."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    found = _MESSAGE_ID.search(text)
+    try:
+        return uuid.UUID(found.group(1)) if found else NIL
+    except ValueError:
+        return NIL
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+        return f"{host}:{port}"
+    except (TypeError, ValueError, OSError):
+        return "?"

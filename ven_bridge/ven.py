@@ -50,6 +50,8 @@ class VenOptions:
     s2_host: str = "127.0.0.1"
     s2_port: int = 8765
     schedule_poll_s: float = 2.0
+    s2_cert: str | None = None  # with s2_key: the CEM serves wss://
+    s2_key: str | None = None
 
 
 class _Answers(dict):
@@ -371,10 +373,20 @@ class CariflexVen:
             loop.add_signal_handler(signum, self.stopping.set)
         self.poster.start()
         from ven_bridge.fleet_control import FleetController
-        from ven_bridge.s2_cem import Cem
+        from ven_bridge.pairing import PairingStore
+        from ven_bridge.s2_cem import Cem, server_ssl_context
 
-        # The S2 CEM and the fleet controller run beside the OpenADR client in this loop.
-        cem = Cem(self.options.s2_host, self.options.s2_port)
+        # The S2 CEM and the fleet controller run beside the OpenADR client in this loop. Only paired
+        # devices of the fleet may connect (`cariflex-ven pair`); pairings live beside the outbox.
+        cem = Cem(
+            self.options.s2_host,
+            self.options.s2_port,
+            pairings=PairingStore(self.outbox.path.parent),
+            fleet={d.name for d in (*self.fleet.batteries, *self.fleet.ev_chargers)},
+            ssl_context=server_ssl_context(self.options.s2_cert, self.options.s2_key)
+            if self.options.s2_cert
+            else None,
+        )
         await cem.start()
         follower = None
         tasks = []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from http import HTTPStatus
@@ -95,22 +96,38 @@ def clip(text: Any, limit: int = LOGGED_INPUT_CHARS) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
+_SPECIAL = re.compile(r"[&<>\"']")
+_ENTITIES = {'"': "&quot;", "'": "&apos;"}
+
+
 def escaped(value: Any) -> Any:
     """``value`` with every string XML-escaped, for openleadr's non-escaping templates.
 
+    Returns the very object when nothing in it needs escaping (the common case: a distribution
+    is rendered for every VEN at every change, and copying it cost more than the check).
     Dataclasses (openleadr's Event, Interval, ...) are copied field by field without running
     ``__post_init__`` again (Event's would overwrite a cancelled status).
     """
     if isinstance(value, str):
-        return escape(value, {'"': "&quot;", "'": "&apos;"})
+        return escape(value, _ENTITIES) if _SPECIAL.search(value) else value
     if isinstance(value, dict):
-        return {k: escaped(v) for k, v in value.items()}
+        items = {k: escaped(v) for k, v in value.items()}
+        return value if all(items[k] is value[k] for k in value) else items
     if isinstance(value, list | tuple):
-        return type(value)(escaped(v) for v in value)
+        items = [escaped(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else type(value)(items)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        clone = copy.copy(value)
+        changed = {}
         for field in dataclasses.fields(value):
-            object.__setattr__(clone, field.name, escaped(getattr(value, field.name)))
+            original = getattr(value, field.name)
+            new = escaped(original)
+            if new is not original:
+                changed[field.name] = new
+        if not changed:
+            return value
+        clone = copy.copy(value)
+        for name, new in changed.items():
+            object.__setattr__(clone, name, new)
         return clone
     return value
 
