@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from cariflex.json_input import quote as q  # refused values shown short
+
 DEFAULT_FLEET_NAME = "cariflex.yaml"
 
 # Units accepted per kind of quantity, with the factor to the unit we store.
@@ -199,38 +201,38 @@ class _Checker:
             return self._quantity(where, key, kind, raw)
         if kind in ("name", "name_text", "text"):
             if not isinstance(raw, str) or not raw.strip():
-                return self.fail(where, key, f"{raw!r} must be a non-empty text")
+                return self.fail(where, key, f"{q(raw)} must be a non-empty text")
             if kind == "name" and not _NAME.match(raw):
                 return self.fail(
                     where,
                     key,
-                    f"{raw!r} must be lower-case letters, digits and '_' (e.g. 'bat_01')",
+                    f"{q(raw)} must be lower-case letters, digits and '_' (e.g. 'bat_01')",
                 )
             return raw.strip()
         if kind in ("latitude", "longitude", "tilt", "azimuth"):
             limits = {"latitude": 90, "longitude": 180, "tilt": 90, "azimuth": 360}[kind]
             low = 0 if kind in ("tilt", "azimuth") else -limits
             if isinstance(raw, bool) or not isinstance(raw, int | float) or not low <= raw <= limits:
-                return self.fail(where, key, f"{raw!r} must be a number from {low} to {limits}")
+                return self.fail(where, key, f"{q(raw)} must be a number from {low} to {limits}")
             return float(raw)
         if kind == "temperature_coefficient":  # %/°C, e.g. -0.40 for crystalline silicon
             if isinstance(raw, bool) or not isinstance(raw, int | float) or not -2 <= raw <= 0:
-                return self.fail(where, key, f"{raw!r} must be a number from -2 to 0 (% per °C, e.g. -0.4)")
+                return self.fail(where, key, f"{q(raw)} must be a number from -2 to 0 (% per °C, e.g. -0.4)")
             return float(raw)
         if kind == "timezone":
             try:
                 ZoneInfo(str(raw))
-            except (ZoneInfoNotFoundError, ValueError):
-                return self.fail(where, key, f"{raw!r} is not an IANA timezone (e.g. 'America/Martinique')")
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+                return self.fail(where, key, f"{q(raw)} is not an IANA timezone (e.g. 'America/Martinique')")
             return str(raw)
         if kind == "clock":
             match = _CLOCK.match(str(raw)) if isinstance(raw, str) else None
             if not match:
-                return self.fail(where, key, f"{raw!r} must be a local time as 'HH:MM' in quotes")
+                return self.fail(where, key, f"{q(raw)} must be a local time as 'HH:MM' in quotes")
             return time(int(match[1]), int(match[2]))
         if kind == "bool":
             if not isinstance(raw, bool):
-                return self.fail(where, key, f"{raw!r} must be true or false")
+                return self.fail(where, key, f"{q(raw)} must be true or false")
             return raw
         raise AssertionError(kind)
 
@@ -239,14 +241,14 @@ class _Checker:
         example = _EXAMPLES[kind]
         match = _QUANTITY.match(raw) if isinstance(raw, str) else None
         if not match:
-            return self.fail(where, key, f"{raw!r} must be a quantity with a unit, e.g. '{example}'")
+            return self.fail(where, key, f"{q(raw)} must be a quantity with a unit, e.g. '{example}'")
         number, unit = float(match[1]), match[2]
         if unit not in units:
-            return self.fail(where, key, f"unknown unit {unit!r} in {raw!r}; use one of {', '.join(units)}")
+            return self.fail(where, key, f"unknown unit {unit!r} in {q(raw)}; use one of {', '.join(units)}")
         if number < 0:
-            return self.fail(where, key, f"{raw!r} is negative; it must be at least 0 (e.g. '{example}')")
+            return self.fail(where, key, f"{q(raw)} is negative; it must be at least 0 (e.g. '{example}')")
         if kind == "fraction" and number > 100:
-            return self.fail(where, key, f"{raw!r} is more than 100 %")
+            return self.fail(where, key, f"{q(raw)} is more than 100 %")
         return number * units[unit]
 
 

@@ -149,6 +149,8 @@ def parse_hourly(payload: Any) -> tuple[pd.DataFrame, int]:
     if not isinstance(payload, dict) or not isinstance(payload.get("hourly"), dict):
         raise WeatherError("Open-Meteo answer has no 'hourly' object")
     hourly, units = payload["hourly"], payload.get("hourly_units") or {}
+    if not isinstance(units, dict):
+        raise WeatherError("Open-Meteo answer: 'hourly_units' is not an object")
     times = hourly.get("time")
     if not isinstance(times, list) or not times:
         raise WeatherError("Open-Meteo answer: 'hourly.time' is missing or empty")
