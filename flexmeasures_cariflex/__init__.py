@@ -5,11 +5,23 @@ FlexMeasures registers every Blueprint found at the top of this module: ``carifl
 the CLI group ``flexmeasures cariflex``, ``cariflex_api_bp`` the HTTP API under /api/cariflex/v1.
 """
 
+import logging
+
 from flask import Blueprint
 
 from cariflex import __version__
 
 cariflex_bp = Blueprint("cariflex", __name__, cli_group="cariflex")
+
+
+@cariflex_bp.record_once
+def _keep_our_loggers(state) -> None:
+    """FlexMeasures configures logging with ``dictConfig`` (``disable_existing_loggers`` defaults to
+    True) when its app is created: every ``cariflex.*`` logger that existed before (a process that
+    imported our packages first, e.g. the test suite) went silent. Plugins register after that."""
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("cariflex") and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 from flexmeasures_cariflex.api import cariflex_api_bp  # noqa: E402  (registered by FlexMeasures)
 from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,F401  (registers the CLI commands)
