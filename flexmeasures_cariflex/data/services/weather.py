@@ -183,7 +183,7 @@ def parse_hourly(payload: Any) -> tuple[pd.DataFrame, int]:
             )
         if units.get(variable) != unit:
             raise WeatherError(
-                f"Open-Meteo answer: {variable} is in {units.get(variable)!r}, expected {unit!r}"
+                f"Open-Meteo answer: {variable} is in {quote(units.get(variable))}, expected {quote(unit)}"
             )
         if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in values):
             raise WeatherError(f"Open-Meteo answer: 'hourly.{variable}' holds a value that is not a number")
@@ -323,7 +323,7 @@ def fetch_weather(
         quarters = quarters[(quarters.index >= start_ts) & (quarters.index < end_ts)]
         data_source = ensure_source(*SOURCE_OPEN_METEO)
     else:
-        raise WeatherError(f"source {source!r} must be 'open-meteo' or 'synthetic'")
+        raise WeatherError(f"source {quote(source)} must be 'open-meteo' or 'synthetic'")
     result = FetchResult(
         data_source.name, start_ts.to_pydatetime(), end_ts.to_pydatetime(), skipped_nulls=nulls
     )
