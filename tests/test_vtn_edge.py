@@ -416,6 +416,9 @@ def test_cancel_party_registration_ends_the_registration(tmp_path):
             "EiRegisterParty", raw_ven.cancel_party_registration("c0", "reg-not-mine", ven.ven_id)
         )
         assert wrong.message_type == "oadrCanceledPartyRegistration" and wrong.code == "452"
+        empty = ven.send("EiRegisterParty", raw_ven.cancel_party_registration("c0", "", ven.ven_id))
+        assert_valid_openadr(empty)  # found by the fuzz campaign: registrationID "None" in the answer
+        assert empty.code == "452"
         answer = ven.send(
             "EiRegisterParty", raw_ven.cancel_party_registration("c1", ven.registration_id, ven.ven_id)
         )

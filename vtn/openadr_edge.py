@@ -367,7 +367,7 @@ class OpenAdrEdge:
             payload["pending_reports"] = []
             payload["report_requests"] = []
         elif response_type == "oadrCanceledPartyRegistration":
-            payload["registration_id"] = request.get("registration_id")
+            payload["registration_id"] = request.get("registration_id") or ""  # never "None"
         elif response_type == "oadrCanceledReport":
             payload["pending_reports"] = []
         payload["ven_id"] = payload["ven_id"] or ""
