@@ -29,6 +29,16 @@ def post_raw(app, token: str, data: bytes | str, url: str = EVENTS):
     )
 
 
+def empty_values_post() -> dict:
+    """A FlexMeasures sensor-data post with no values (FlexMeasures 1.0.1 answers it with a 500)."""
+    return {
+        "values": [],
+        "start": datetime.now(UTC).replace(second=0, microsecond=0).isoformat(),
+        "duration": "PT1M",
+        "unit": "kW",
+    }
+
+
 def assert_clean(response) -> None:
     text = response.get_data(as_text=True)
     assert response.status_code < 500, text[:500]
@@ -88,15 +98,9 @@ def test_refused_values_are_quoted_short_in_answers_and_logs(app, fm_db, token, 
 
 
 def test_flexmeasures_own_sensor_data_post_with_no_values_is_a_422_not_a_500(app, fm_db, token, fleet):
-    from flexmeasures_cariflex.data.services.admin_user import ensure_user  # noqa: F401
 
     sensor = fm_db.session.execute(select(Sensor).where(Sensor.name == "bat_01_power")).scalar_one()
-    body = {
-        "values": [],
-        "start": datetime.now(UTC).replace(second=0, microsecond=0).isoformat(),
-        "duration": "PT1M",
-        "unit": "kW",
-    }
+    body = empty_values_post()
     response = call(
         app, "POST", f"/api/v3_0/sensors/{sensor.id}/data", json=body, headers={"Authorization": token}
     )
@@ -114,12 +118,7 @@ def test_flexmeasures_gap_without_our_guard_empty_values_are_a_500(app, fm_db, t
     hooks = app.before_request_funcs[None]
     monkeypatch.setitem(app.before_request_funcs, None, [h for h in hooks if h is not guard_json_bodies])
     sensor = fm_db.session.execute(select(Sensor).where(Sensor.name == "bat_01_power")).scalar_one()
-    body = {
-        "values": [],
-        "start": datetime.now(UTC).replace(second=0, microsecond=0).isoformat(),
-        "duration": "PT1M",
-        "unit": "kW",
-    }
+    body = empty_values_post()
     response = call(
         app, "POST", f"/api/v3_0/sensors/{sensor.id}/data", json=body, headers={"Authorization": token}
     )
