@@ -12,7 +12,7 @@ help:
 	@echo "make demo         run Cariflex EMS locally (embedded database unless CARIFLEX_DATABASE_URL is set)"
 	@echo "make test         run the test suite (PostgreSQL: CARIFLEX_TEST_DATABASE_URL, 127.0.0.1:5432 or embedded)"
 	@echo "make fuzz         the full fuzz campaign at every edge (>= 10,000 cases); prints one JSON line"
-	@echo "make lint         ruff"
+	@echo "make lint         ruff and the layering contracts (lint-imports)"
 	@echo "make deploy-check validate docker-compose.yml against .env (compose v2 binary, schema) and lint docker/*.Dockerfile"
 	@echo "make install      create .venv and install with constraints.txt"
 	@echo "make constraints  re-resolve constraints.txt from setup.cfg + constraints.in"
@@ -23,15 +23,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
-# The full fuzz campaign (tests/fuzzing.py, profile "full"); `make test` runs the same tests with a
+# The full fuzz campaign (tests/helpers/fuzzing.py, profile "full"); `make test` runs the same tests with a
 # small fixed-seed profile. Prints one JSON line: cases, refusals, failures per edge.
 FUZZ_REPORT ?= var/fuzz-report.json
 fuzz: $(STAMP)
 	@mkdir -p "$$(dirname $(FUZZ_REPORT))"
 	CARIFLEX_FUZZ_PROFILE=full CARIFLEX_FUZZ_REPORT=$(FUZZ_REPORT) $(BIN)/pytest -q -m fuzz \
-	  -p no:cacheprovider; status=$$?; $(BIN)/python -m tests.fuzzing $(FUZZ_REPORT); exit $$status
+	  -p no:cacheprovider; status=$$?; $(BIN)/python -m tests.helpers.fuzzing $(FUZZ_REPORT); exit $$status
 
 # A manual backup of the local setup (var/backups), verified; cron uses scripts/crontab.example.
 backup: $(STAMP)
@@ -51,6 +52,7 @@ deploy-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 install: $(STAMP)
 

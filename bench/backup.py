@@ -1,7 +1,7 @@
 """Backup, verify and restore times and archive size for a year of 1-minute data.
 
 Fills a fresh database like bench/grafana_queries.py (every sensor of the site, ``--days`` of
-1-minute values, COPY), then times ``cariflex.backup`` create (pg_dump -Fc of FlexMeasures, the
+1-minute values, COPY), then times ``operations.backup`` create (pg_dump -Fc of FlexMeasures, the
 VTN store, Redis, configuration; tar), verify (checksums, pg_restore to /dev/null,
 redis-check-rdb) and restore (into another fresh database).
 
@@ -22,17 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_result  # noqa: E402
+from bench.common import parse_args, print_result  # noqa: E402
 from bench.grafana_queries import load  # noqa: E402
-from cariflex import backup, database  # noqa: E402
-from tests.conftest import database_server_url  # noqa: E402
+from operations import backup, database  # noqa: E402
+from tests.helpers.common import database_server_url  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
-    args = parser.parse_args()
+    args = parse_args(parser, days=2)
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         server = database_server_url(Path(folder))

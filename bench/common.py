@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -25,3 +26,16 @@ def print_result(bench: str, results: Any, goal: str, measured: float, limit: fl
         ),
         flush=True,
     )
+
+
+def parse_args(parser: argparse.ArgumentParser, **smoke: Any) -> argparse.Namespace:
+    """The benchmark's arguments, with ``--smoke``: the smallest run that exercises every step
+    (``make test`` runs each benchmark so, checking only that it completes and prints its line)."""
+    parser.add_argument(
+        "--smoke", action="store_true", help=f"a smoke run ({', '.join(f'{k}={v}' for k, v in smoke.items())})"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    return args

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
-from bench.common import print_result  # noqa: E402
-from cariflex import database  # noqa: E402
+from bench.common import parse_args, print_result  # noqa: E402
 from cariflex.fleet import Fleet, parse_fleet  # noqa: E402
-from tests.conftest import database_server_url  # noqa: E402
+from operations import database  # noqa: E402
+from tests.helpers.common import database_server_url  # noqa: E402
 
 TZ = ZoneInfo("America/Martinique")
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", default="1,20,50,100")
-    args = parser.parse_args()
+    args = parse_args(parser, repeat=1, sizes="20")
     sizes = [int(s) for s in args.sizes.split(",")]
     logging.disable(logging.WARNING)
 

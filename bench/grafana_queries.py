@@ -4,7 +4,7 @@ A fresh database (CARIFLEX_TEST_DATABASE_URL, else 127.0.0.1:5432, else embedded
 FlexMeasures schema and the Cariflex site (`setup_site`), then ``--days`` (365) of 1-minute values
 for every sensor of the site by COPY (plus, on the battery and EV power sensors, a scheduler
 belief per minute for the last 7 days, so schedule and actual both exist). Then every panel's SQL,
-expanded as Grafana would (tests/grafana_macros.py), runs as ``grafana_reader`` for the last 24 h
+expanded as Grafana would (tests/helpers/grafana_macros.py), runs as ``grafana_reader`` for the last 24 h
 (interval 2m) and the last 7 days (interval 15m), 5 times each; the median is reported.
 
 Prints one JSON line. Goal: every panel <= 50 ms on 24 h and <= 200 ms on 7 d.
@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import psycopg2  # noqa: E402
 
-from bench.common import print_result  # noqa: E402
-from cariflex import database  # noqa: E402
+from bench.common import parse_args, print_result  # noqa: E402
 from cariflex.fleet import load_fleet  # noqa: E402
-from tests.conftest import database_server_url  # noqa: E402
-from tests.grafana_macros import expand  # noqa: E402
+from operations import database  # noqa: E402
+from tests.helpers.common import database_server_url  # noqa: E402
+from tests.helpers.grafana_macros import expand  # noqa: E402
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / "cariflex.json"
 PASSWORD = secrets.token_urlsafe(16)  # this run's grafana_reader password
@@ -51,8 +51,9 @@ def load(url: str, days: int) -> tuple[dict, datetime]:
     from flexmeasures.data import db
 
     from flexmeasures_cariflex.config import patch_flexmeasures_defaults
+    from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
     from flexmeasures_cariflex.data.services.grafana_role import ensure_grafana_role
-    from flexmeasures_cariflex.data.services.site_setup import ensure_source, setup_site, site_sensors
+    from flexmeasures_cariflex.data.services.site_setup import setup_site
 
     patch_flexmeasures_defaults()
     app = create(env="testing", plugins=["flexmeasures_cariflex"])
@@ -145,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, days=2, repeat=1)
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         url = database.with_database(

@@ -30,13 +30,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, print_result  # noqa: E402
+from bench.common import parse_args, percentile, print_result  # noqa: E402
 from cariflex.fleet import default_fleet_path, load_fleet  # noqa: E402
 from cariflex.s2.credentials import write_tokens  # noqa: E402
-from ven_bridge.fleet_control import FleetController  # noqa: E402
+from cem.fleet_control import FleetController  # noqa: E402
+from cem.pairing import PairingStore  # noqa: E402
+from cem.server import Cem  # noqa: E402
 from ven_bridge.outbox import Outbox  # noqa: E402
-from ven_bridge.pairing import PairingStore  # noqa: E402
-from ven_bridge.s2_cem import Cem  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ACK = ("ACCEPTED", "STARTED", "SUCCEEDED")
@@ -161,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--sizes", default="20,200")
-    args = parser.parse_args()
+    args = parse_args(parser, trials=2, sizes="2")
     with tempfile.TemporaryDirectory() as tmp:
         results = [asyncio.run(run_size(int(n), args.trials, Path(tmp))) for n in args.sizes.split(",")]
     twenty = next((r for r in results if r["rms"] == 20), results[0])

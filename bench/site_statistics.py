@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import psycopg2  # noqa: E402
 
-from bench.common import print_result  # noqa: E402
+from bench.common import parse_args, print_result  # noqa: E402
 from bench.grafana_queries import _copy  # noqa: E402
-from cariflex import database  # noqa: E402
 from cariflex.fleet import load_fleet  # noqa: E402
-from tests.conftest import database_server_url  # noqa: E402
+from operations import database  # noqa: E402
+from tests.helpers.common import database_server_url  # noqa: E402
 
 
 def _profile(kind: str, n: int, i: int, minutes: np.ndarray) -> np.ndarray:
@@ -53,7 +53,8 @@ def load(url: str, days: int):
     from flexmeasures.data import db
 
     from flexmeasures_cariflex.config import patch_flexmeasures_defaults
-    from flexmeasures_cariflex.data.services.site_setup import ensure_source, setup_site, site_sensors
+    from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
+    from flexmeasures_cariflex.data.services.site_setup import setup_site
 
     patch_flexmeasures_defaults()
     app = create(env="testing", plugins=["flexmeasures_cariflex"])
@@ -102,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(parser, days=2, repeat=1)
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         server = database_server_url(Path(folder))

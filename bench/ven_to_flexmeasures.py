@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.common import percentile, print_result  # noqa: E402
-from cariflex import database  # noqa: E402
-from tests.conftest import database_server_url, free_port  # noqa: E402
-from tests.openadr_harness import FlexMeasuresServer, VenProcess, VtnProcess, wait_until  # noqa: E402
+from bench.common import parse_args, percentile, print_result  # noqa: E402
+from operations import database  # noqa: E402
+from tests.helpers.common import database_server_url, free_port  # noqa: E402
+from tests.helpers.openadr_harness import FlexMeasuresServer, VenProcess, VtnProcess, wait_until  # noqa: E402
 from vtn.events import SITE_TZ  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def count(db, start: datetime) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, events=2)
     random.seed(11)
     midnight = (datetime.now(UTC).astimezone(SITE_TZ) + timedelta(days=1)).replace(
         hour=0, minute=0, second=0, microsecond=0

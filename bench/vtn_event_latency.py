@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, print_result  # noqa: E402
-from tests.openadr_harness import VenFleet, VtnProcess, wait_until  # noqa: E402
+from bench.common import parse_args, percentile, print_result  # noqa: E402
+from tests.helpers.openadr_harness import VenFleet, VtnProcess, wait_until  # noqa: E402
 from vtn.events import SITE_TZ  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         metavar="VENS:POLL_S",
         help="run only these configurations, e.g. --config 50:1 (repeatable)",
     )
-    args = parser.parse_args()
+    args = parse_args(parser, quick=True, config=["3:1"])
     random.seed(7)
     fast_trials, slow_trials = (3, 1) if args.quick else (10, 3)
     configs = (

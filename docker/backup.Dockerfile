@@ -21,7 +21,8 @@ WORKDIR /opt/cariflex
 COPY constraints.txt setup.cfg pyproject.toml README.md ./
 COPY cariflex cariflex
 COPY vtn vtn
-# Editable, so cariflex.backup finds the mounted grafana/ and docker-compose.yml beside it.
+COPY operations operations
+# Editable, so operations.backup finds the mounted grafana/ and docker-compose.yml beside it.
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -c constraints.txt -e ".[backup]" \
     && groupadd --system --gid 10001 cariflex \
@@ -30,5 +31,5 @@ RUN python3 -m venv /opt/venv \
 USER 10001:10001
 WORKDIR /var/lib/cariflex
 HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["pg_isready", "-h", "flexmeasures-db"]
-ENTRYPOINT ["python", "-m", "cariflex.backup"]
+ENTRYPOINT ["python", "-m", "operations.backup"]
 CMD ["create"]

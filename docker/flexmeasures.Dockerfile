@@ -23,6 +23,7 @@ RUN python -m pip --version > /dev/null 2>&1 || python -m ensurepip; \
 # Then the code, without touching the dependencies again.
 COPY cariflex cariflex
 COPY flexmeasures_cariflex flexmeasures_cariflex
+COPY operations operations
 RUN python -m pip install --no-cache-dir --no-deps . \
     && python -m flexmeasures_cariflex.config \
     && groupadd --system --gid 10001 cariflex \
@@ -35,5 +36,5 @@ ENV CARIFLEX_VAR_DIR=/var/lib/cariflex \
 EXPOSE 5000
 HEALTHCHECK --interval=20s --timeout=10s --start-period=180s --retries=6 \
     CMD ["curl", "-fsS", "http://127.0.0.1:5000/api/v3_0/health/ready"]
-ENTRYPOINT ["python", "-m", "flexmeasures_cariflex.launch"]
+ENTRYPOINT ["python", "-m", "operations.launch"]
 CMD ["server"]

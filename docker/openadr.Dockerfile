@@ -33,6 +33,7 @@ FROM base AS ven
 RUN pip install --no-cache-dir -c constraints.txt ".[ven]"
 COPY cariflex cariflex
 COPY ven_bridge ven_bridge
+COPY cem cem
 COPY simulator simulator
 RUN pip install --no-cache-dir --no-deps . \
     && install -d -o 10001 -g 10001 /var/lib/cariflex/ven

@@ -3,6 +3,16 @@ weather, scheduling and statistics for the Cariflex fleet.
 
 FlexMeasures registers every Blueprint found at the top of this module: ``cariflex_bp`` carries
 the CLI group ``flexmeasures cariflex``, ``cariflex_api_bp`` the HTTP API under /api/cariflex/v1.
+
+Layout as in FlexMeasures: ``api/`` (HTTP), ``cli/`` (click commands, shared helpers in
+``cli/utils``), ``data/services/`` (what the API and CLI do), ``data/queries/`` (reads, above all
+the one "latest belief" reader).
+
+May import: ``cariflex`` and FlexMeasures; never the VTN, the VEN, the CEM, the simulator or
+``operations``.
+
+Contract files: ``cariflex/contracts/openadr_event.py`` (what the VEN posts),
+``cariflex/contracts/fleet_schedule.py`` (what it serves to the CEM), ``cariflex/inputs.py``.
 """
 
 import logging
@@ -22,6 +32,7 @@ def _keep_our_loggers(state) -> None:
     for name, logger in logging.Logger.manager.loggerDict.items():
         if name.startswith("cariflex") and isinstance(logger, logging.Logger):
             logger.disabled = False
+
 
 from flexmeasures_cariflex.api import cariflex_api_bp  # noqa: E402  (registered by FlexMeasures)
 from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,F401  (registers the CLI commands)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cariflex import settings
-from cariflex.database import embedded_server_url, to_psycopg2
+from cariflex.database_url import embedded_server_url, to_psycopg2
 
 CONFIG_FILE_TEXT = """\
 # Written by `python -m flexmeasures_cariflex.config` (make does it). Do not edit: every value

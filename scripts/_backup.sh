@@ -1,6 +1,6 @@
 #!/bin/sh
 # Shared by full_backup.sh, verify_backup.sh, restore.sh and rotate_backups.sh:
-#   ACTION [--compose] ARGS...  ->  python -m cariflex.backup ACTION ARGS...
+#   ACTION [--compose] ARGS...  ->  python -m operations.backup ACTION ARGS...
 # Without --compose it runs with this checkout's .venv (or $CARIFLEX_PYTHON). With --compose it
 # runs the same code in the compose stack's `backup` container (pg_dump of flexmeasures-db's
 # major version, on the stack's internal network); paths to existing backups on the host
@@ -28,4 +28,4 @@ if [ "${1:-}" = "--compose" ]; then
     exec docker compose --profile ops run --rm -T backup "$action" "$@"
 fi
 python=${CARIFLEX_PYTHON:-$here/.venv/bin/python}
-exec "$python" -m cariflex.backup "$action" "$@"
+exec "$python" -m operations.backup "$action" "$@"

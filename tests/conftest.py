@@ -8,36 +8,14 @@ database there and drops it at the end, so runs never see each other's data.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from cariflex import database
 from cariflex.fleet import load_fleet
-
-LOCAL_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """An ephemeral port on loopback for a server under test."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_server_url(scratch: Path) -> str:
-    """A PostgreSQL server to create databases on (tests and benchmarks): CARIFLEX_TEST_DATABASE_URL,
-    else 127.0.0.1:5432 when it answers, else an embedded server with its data under ``scratch``."""
-    configured = os.environ.get("CARIFLEX_TEST_DATABASE_URL")
-    if configured:
-        return database.to_psycopg2(configured)
-    if database.reachable(LOCAL_SERVER):
-        return LOCAL_SERVER
-    return database.embedded_server_url(scratch / "pgdata")
+from operations import database
+from tests.helpers.common import database_server_url, request_token
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +62,7 @@ def app(test_db_url, tmp_path_factory):
     patch_flexmeasures_defaults()
     flask_app = create(env="testing", plugins=["flexmeasures_cariflex"])
     flask_app.test_cli_runner_class = CustomFlaskCliRunner
-    # Re-planning after ingestion is off unless a test turns it on (tests/test_replan.py).
+    # Re-planning after ingestion is off unless a test turns it on (tests/integration/test_replan.py).
     flask_app.config["CARIFLEX_REPLAN_DEBOUNCE_S"] = -1
     with flask_app.app_context():
         db.create_all()
@@ -144,20 +122,7 @@ def token(app, fm_db, fleet):
     return request_token(app, "ven@cariflex.example", "ven-secret-1")
 
 
-def call(app, method: str, url: str, **kwargs):
-    """One HTTP request in its own app context, as in a server: the fixture's app context (and its
-    `g`, where Flask-Login caches the current user) must not leak from one request into the next."""
-    with app.app_context():
-        return app.test_client().open(url, method=method, **kwargs)
-
-
-def request_token(app, email: str, password: str) -> str:
-    response = call(app, "POST", "/api/requestAuthToken", json={"email": email, "password": password})
-    assert response.status_code == 200, response.json
-    return response.json["auth_token"]
-
-
-# --- the fuzz campaign's tally (tests/fuzzing.py; `make fuzz` prints it) -------------------------
+# --- the fuzz campaign's tally (tests/helpers/fuzzing.py; `make fuzz` prints it) -------------------------
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -166,7 +131,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     marker = item.get_closest_marker("fuzz")
     if marker is not None and report.when == "call" and report.failed:
-        from tests import fuzzing
+        from tests.helpers import fuzzing
 
         fuzzing.failed(marker.args[0])
 
@@ -174,7 +139,7 @@ def pytest_runtest_makereport(item, call):
 def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("CARIFLEX_FUZZ_REPORT")
     if path:
-        from tests import fuzzing
+        from tests.helpers import fuzzing
 
         fuzzing.write_report(path)
 

@@ -130,7 +130,7 @@ def run(
     if s2_cert:
         import ssl
 
-        from ven_bridge.s2_cem import server_ssl_context
+        from cem.server import server_ssl_context
 
         try:
             server_ssl_context(s2_cert, s2_key)
@@ -312,7 +312,7 @@ def pair(devices, all_devices, token_file, rotate, state_dir, fleet_file) -> Non
     running CEM closes the session that used it.
     """
     from cariflex.s2.credentials import TokenFileError, read_tokens, write_tokens
-    from ven_bridge.pairing import PairingError, PairingStore
+    from cem.pairing import PairingError, PairingStore
 
     known = _controllable(fleet_file)
     names = list(dict.fromkeys([*devices, *(known if all_devices else [])]))
@@ -349,7 +349,7 @@ def pair(devices, all_devices, token_file, rotate, state_dir, fleet_file) -> Non
 @state_option
 def unpair(devices, state_dir) -> None:
     """Revoke DEVICE's S2 pairing: its token stops working and a running CEM closes its session."""
-    from ven_bridge.pairing import PairingError, PairingStore
+    from cem.pairing import PairingError, PairingStore
 
     store = PairingStore(state_path(state_dir))
     try:
@@ -365,7 +365,7 @@ def unpair(devices, state_dir) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pairings(state_dir, fleet_file, as_json) -> None:
     """Each fleet device's S2 pairing: when it was paired and its token id (never the token)."""
-    from ven_bridge.pairing import PairingError, PairingStore
+    from cem.pairing import PairingError, PairingStore
 
     known = _controllable(fleet_file)
     try:

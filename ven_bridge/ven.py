@@ -11,7 +11,7 @@
   the bridge last posted to FlexMeasures.
 - The VTN may take the registration away (oadrRequestReregistration, oadrCancelPartyRegistration):
   the client says so (``_Client.lost``) and ``serve_openadr`` registers again with a fresh client,
-  through the same retry loop (tests/test_ven_foreign_vtn.py runs this against a foreign VTN).
+  through the same retry loop (tests/e2e/test_ven_foreign_vtn.py runs this against a foreign VTN).
 """
 
 from __future__ import annotations
@@ -372,9 +372,9 @@ class CariflexVen:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         self.poster.start()
-        from ven_bridge.fleet_control import FleetController
-        from ven_bridge.pairing import PairingStore
-        from ven_bridge.s2_cem import Cem, server_ssl_context
+        from cem.fleet_control import FleetController
+        from cem.pairing import PairingStore
+        from cem.server import Cem, server_ssl_context
 
         # The S2 CEM and the fleet controller run beside the OpenADR client in this loop. Only paired
         # devices of the fleet may connect (`cariflex-ven pair`); pairings live beside the outbox.
@@ -391,7 +391,7 @@ class CariflexVen:
         follower = None
         tasks = []
         if self.schedule_client is not None:
-            from ven_bridge.schedule_follower import ScheduleFollower
+            from cem.schedule_follower import ScheduleFollower
 
             follower = ScheduleFollower(
                 self.schedule_client, self.outbox, poll_s=self.options.schedule_poll_s

@@ -1,6 +1,6 @@
 """The operator's JSON API, next to the OpenADR endpoint in the VTN process.
 
-The same operations as the CLI (vtn.operations), behind a bearer token
+The same operations as the CLI (vtn.actions), behind a bearer token
 (CARIFLEX_VTN_ADMIN_TOKEN). ``GET /health`` needs no token. Errors are JSON
 ``{"error": "..."}`` with 400 (bad input), 401, 404 (unknown id) or 409 (state conflict).
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cariflex.json_input import JsonInputError, load_json
-from vtn import operations
+from vtn import actions
 from vtn.events import Conflict, InputError, NotFound
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _fields(
 async def health(request: web.Request) -> web.Response:
     vtn: CariflexVtn = request.app[VTN_KEY]
     try:
-        figures = operations.counts(vtn.store)
+        figures = actions.counts(vtn.store)
     except Exception as exc:  # the store is what the VTN is for: unreachable = unhealthy
         return _json({"status": "error", "store": str(exc)}, 503)
     return _json({"status": "ok", "port": vtn.port, **figures})
@@ -129,44 +129,44 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     active = request.query.get("active", "").lower() in ("1", "true", "yes")
-    return _json(operations.list_events(request.app[VTN_KEY].store, active=active))
+    return _json(actions.list_events(request.app[VTN_KEY].store, active=active))
 
 
 async def show_event(request: web.Request) -> web.Response:
-    return _json(operations.show_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(actions.show_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
 
 
 async def create_price(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), operations.PRICE_FIELDS, ("start", "prices"))
-    return _json(operations.create_price_event(request.app[VTN_KEY].store, **body), 201)
+    body = _fields(await _body(request), actions.PRICE_FIELDS, ("start", "prices"))
+    return _json(actions.create_price_event(request.app[VTN_KEY].store, **body), 201)
 
 
 async def create_load_control(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), operations.LOAD_CONTROL_FIELDS, ("start", "duration", "levels"))
-    return _json(operations.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
+    body = _fields(await _body(request), actions.LOAD_CONTROL_FIELDS, ("start", "duration", "levels"))
+    return _json(actions.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
 
 
 async def modify_event(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), operations.PRICE_FIELDS | operations.LOAD_CONTROL_FIELDS)
-    return _json(operations.modify_event(request.app[VTN_KEY].store, request.match_info["event_id"], **body))
+    body = _fields(await _body(request), actions.PRICE_FIELDS | actions.LOAD_CONTROL_FIELDS)
+    return _json(actions.modify_event(request.app[VTN_KEY].store, request.match_info["event_id"], **body))
 
 
 async def cancel_event(request: web.Request) -> web.Response:
-    return _json(operations.cancel_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(actions.cancel_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
 
 
 async def list_opts(request: web.Request) -> web.Response:
-    return _json(operations.list_opts(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(actions.list_opts(request.app[VTN_KEY].store, request.match_info["event_id"]))
 
 
 async def list_vens(request: web.Request) -> web.Response:
-    return _json(operations.list_vens(request.app[VTN_KEY].store))
+    return _json(actions.list_vens(request.app[VTN_KEY].store))
 
 
 async def add_ven(request: web.Request) -> web.Response:
     body = _fields(await _body(request), {"name", "fingerprint"}, ("name",))
     return _json(
-        operations.add_ven(request.app[VTN_KEY].store, body.get("name", ""), body.get("fingerprint")), 201
+        actions.add_ven(request.app[VTN_KEY].store, body.get("name", ""), body.get("fingerprint")), 201
     )
 
 

@@ -2,7 +2,7 @@
 
 Operator commands work on the local event store (the VTN picks changes up at once), or, with
 ``--remote URL`` / CARIFLEX_VTN_ADMIN_URL, through a VTN's admin API with its bearer token. Both
-paths run the same vtn.operations code, so they accept and refuse exactly the same input.
+paths run the same vtn.actions code, so they accept and refuse exactly the same input.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ERRORS = (InputError, NotFound, Conflict)
 
 
 class Backend:
-    """Local store or remote admin API, behind the same method names as vtn.operations."""
+    """Local store or remote admin API, behind the same method names as vtn.actions."""
 
     def __init__(self, remote: str | None):
         self.remote = remote.rstrip("/") if remote else None
@@ -46,9 +46,9 @@ class Backend:
             from vtn.remote import call_remote
 
             return call_remote(self.remote, name, *args, **kwargs)
-        from vtn import operations
+        from vtn import actions
 
-        return getattr(operations, name)(self.store, *args, **kwargs)
+        return getattr(actions, name)(self.store, *args, **kwargs)
 
 
 def _backend(ctx: click.Context) -> Backend:

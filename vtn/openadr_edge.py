@@ -1,7 +1,7 @@
 """The VTN's OpenADR 2.0b HTTP edge: every request a VEN sends passes here before openleadr sees it.
 
 openleadr's ``VTNService.handler`` is the right dispatcher but the wrong gatekeeper for a grid
-operator's VTN (each gap has a test in tests/test_vtn_edge.py):
+operator's VTN (each gap has a test in tests/integration/test_vtn_edge.py):
 
 - it parses with an lxml parser that carries the schema, and libxml2 segfaults when that parser
   resolves an internal DTD entity: one 0.5 KB unauthenticated request killed the process;

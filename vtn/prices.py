@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from cariflex.price_file import PriceFileError
 from cariflex.price_file import read_price_csv as shared_read_price_csv
-from vtn import operations
+from vtn import actions
 from vtn.events import PRICE_INTERVALS, SITE_TZ, InputError, price_draft
 from vtn.store import Event, Store
 
@@ -87,7 +87,7 @@ def publish_day_ahead(
         start=start, prices=prices, now=now, source="day-ahead", prices_name=name, allow_past=start < now
     )
     assert len(draft.intervals) == PRICE_INTERVALS
-    result = operations.create_event(store, draft, now=now)
+    result = actions.create_event(store, draft, now=now)
     log.info(
         "published day-ahead prices",
         extra={"fields": {"event_id": result["event_id"], "start": result["start"], "source": name}},

@@ -1,6 +1,6 @@
 """The operator CLI's client for a VTN's admin API (``cariflex-vtn --remote URL ...``).
 
-Maps each vtn.operations function onto its HTTP route and the API's error statuses back onto
+Maps each vtn.actions function onto its HTTP route and the API's error statuses back onto
 the same exceptions, so the CLI behaves identically against a local store or a remote VTN.
 """
 

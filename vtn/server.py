@@ -36,8 +36,8 @@ from openleadr import OpenADRServer, errors, objects
 from openleadr.service import VTNService
 from sqlalchemy import delete, select
 
+from vtn.actions import event_status
 from vtn.openadr_edge import MAX_BODY_BYTES, OpenAdrEdge
-from vtn.operations import event_status
 from vtn.store import (
     Delivery,
     Event,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # How the Cariflex CEM closes a WebSocket it refuses (RFC 6455 private range 4000-4999), so that a
 # resource manager can tell "not allowed" (do not hammer the CEM, tell the operator) from a network
-# failure. Shared by the CEM (ven_bridge.s2_cem) and the simulated resource managers.
+# failure. Shared by the CEM (cem.server) and the simulated resource managers.
 CLOSE_NOT_PAIRED = 4401  # no token, an unknown or revoked one; also a live session's pairing revoked
 CLOSE_WRONG_DEVICE = 4403  # a valid token, but ResourceManagerDetails names another device
 CLOSE_UNKNOWN_DEVICE = 4404  # the token's device is not (or no longer) in the fleet

@@ -1,7 +1,7 @@
 """Guards in front of every JSON API of this FlexMeasures server: ours and FlexMeasures' own.
 
 FlexMeasures 1.0.1 answers some bad input with a 500 (each gap has a test in
-tests/test_http_edges.py):
+tests/integration/test_http_edges.py):
 
 - ``POST /api/v3_0/sensors/<id>/data`` with ``"values": []`` raises inside its schema (500);
 - a body nested ~1000 levels deep raises RecursionError in ``request.get_json`` (500);

@@ -19,10 +19,10 @@ from flask_security import auth_token_required
 
 from cariflex.fleet import FleetError
 from cariflex.json_input import quote
+from cariflex.times import parse_since
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.api.routes import _message, current_fleet
 from flexmeasures_cariflex.data.services.openadr_ingest import SiteNotReady
-from flexmeasures_cariflex.data.services.times import parse_since
 
 
 def _since(name: str, default: str) -> datetime:

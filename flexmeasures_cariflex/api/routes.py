@@ -31,10 +31,10 @@ from cariflex.fleet import Fleet, FleetError, load_fleet
 from cariflex.json_input import JsonInputError, quote
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.api.guards import json_body
+from flexmeasures_cariflex.data.queries.site import site_sensors
 from flexmeasures_cariflex.data.services.admin_user import VEN_ROLE
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.replan import current_schedule, request_replan
-from flexmeasures_cariflex.data.services.site_setup import site_sensors
 
 
 @cache

@@ -18,10 +18,11 @@ from cariflex import settings
 from cariflex.fleet import Fleet, FleetError, load_fleet
 from cariflex.json_input import JsonInputError, load_json
 from flexmeasures_cariflex import cariflex_bp
+from flexmeasures_cariflex.data.queries.site import site_sensors
 from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.replan import replan_now
-from flexmeasures_cariflex.data.services.site_setup import setup_site, site_sensors
+from flexmeasures_cariflex.data.services.site_setup import setup_site
 
 fleet_option = click.option(
     "--fleet",

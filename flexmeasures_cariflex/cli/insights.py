@@ -22,7 +22,7 @@ def _json(data) -> None:
 
 
 def _since(text: str) -> datetime:
-    from flexmeasures_cariflex.data.services.times import parse_since
+    from cariflex.times import parse_since
 
     try:
         return parse_since(text, "--since")

@@ -37,7 +37,7 @@ def _backfill_start(fleet, now: datetime) -> datetime:
     from flexmeasures.data.models.time_series import TimedBelief
     from sqlalchemy import func, select
 
-    from flexmeasures_cariflex.data.services.site_setup import site_sensors
+    from flexmeasures_cariflex.data.queries.site import site_sensors
 
     sensor = site_sensors(fleet).get("irradiance")
     last = None
@@ -76,7 +76,7 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
     """Fetch irradiance, temperature and wind speed for the site and store them (with the PV power
     of the 10 sites) on the weather station's sensors; past hours as measurements, the rest as
     forecasts. Re-fetching stores only what changed."""
-    from flexmeasures_cariflex.data.services.site_setup import SiteNotReady
+    from flexmeasures_cariflex.data.queries.site import SiteNotReady
     from flexmeasures_cariflex.data.services.weather import WeatherError, WeatherUnreachable, fetch_weather
 
     fleet = _load(fleet_file)
@@ -136,6 +136,7 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
 @with_appcontext
 def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
     """Store the production price (what the grid pays for injected energy) for one local day."""
+    from flexmeasures_cariflex.data.queries.site import SiteNotReady
     from flexmeasures_cariflex.data.services.production_price import (
         PriceRefused,
         default_day,
@@ -143,7 +144,6 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
         store_production_prices,
     )
     from flexmeasures_cariflex.data.services.replan import replan_now
-    from flexmeasures_cariflex.data.services.site_setup import SiteNotReady
 
     fleet = _load(fleet_file)
     if tariff is not None and csv_file:

@@ -29,9 +29,9 @@ from sqlalchemy import text
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from flexmeasures_cariflex.data.queries.site import site_sensors
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
 from flexmeasures_cariflex.data.services.rollups import statement_triggers
-from flexmeasures_cariflex.data.services.site_setup import site_sensors
 
 TABLE = "cariflex_alert"
 BOUNDS = "cariflex_sensor_bounds"

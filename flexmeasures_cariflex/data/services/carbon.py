@@ -19,8 +19,8 @@ from cariflex import settings
 from cariflex.fleet import Fleet
 from cariflex.price_file import read_price_csv
 from cariflex.site_model import SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.site import SiteNotReady, ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
-from flexmeasures_cariflex.data.services.site_setup import SiteNotReady, ensure_source, site_sensors
 
 SENSOR = "grid_carbon_intensity"
 LIMITS = (0.0, 2000.0)

@@ -27,9 +27,9 @@ from sqlalchemy import text
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import DR_SENSORS, SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs, latest_values
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
-from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
 
 BASELINE_DAYS = 5
 LOOKBACK_DAYS = 20

@@ -27,8 +27,8 @@ from flexmeasures.data.models.time_series import Sensor, TimedBelief
 from sqlalchemy import select
 
 from cariflex.fleet import Battery, EVCharger, Fleet
+from flexmeasures_cariflex.data.queries.site import ensure_source, require_site, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
-from flexmeasures_cariflex.data.services.site_setup import ensure_source, require_site, site_sensors
 
 SCHEDULER_SOURCE = ("Cariflex scheduler", "scheduler")
 EV_SOC_MIN_PCT = 10.0

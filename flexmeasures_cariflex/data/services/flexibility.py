@@ -13,8 +13,8 @@ from sqlalchemy import text
 from cariflex.fleet import Fleet
 from cariflex.flexibility import FleetFlexibility, fleet_flexibility
 from cariflex.site_model import FLEXIBILITY_SENSORS, SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
-from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
 
 FRESH = timedelta(minutes=30)  # an older reading says nothing about now
 

@@ -54,14 +54,9 @@ from sqlalchemy import select
 from cariflex.fleet import Fleet
 from cariflex.json_input import quote
 from cariflex.site_model import PRICE_RANGE_EUR_PER_MWH, SOURCE_VTN
+from flexmeasures_cariflex.data.queries.site import SiteNotReady, find_source, require_site, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
-from flexmeasures_cariflex.data.services.site_setup import (
-    SiteNotReady,
-    find_source,
-    require_site,
-    site_sensors,
-)
 
 LEDGER_KEY = "openadr_events"
 LEDGER_RETENTION = timedelta(days=7)

@@ -19,14 +19,9 @@ from sqlalchemy import select
 from cariflex import settings
 from cariflex.fleet import Fleet
 from cariflex.price_file import read_price_csv
+from flexmeasures_cariflex.data.queries.site import SiteNotReady, ensure_source, require_site, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
-from flexmeasures_cariflex.data.services.site_setup import (
-    SiteNotReady,
-    ensure_source,
-    require_site,
-    site_sensors,
-)
 
 SOURCE = ("Feed-in tariff", "script")
 SENSOR = "production_price"

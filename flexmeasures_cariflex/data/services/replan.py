@@ -38,12 +38,12 @@ from sqlalchemy import select, text
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from flexmeasures_cariflex.data.queries.site import require_site
 from flexmeasures_cariflex.data.services.fleet_schedule import (
     QUARTER,
     ScheduleRefused,
     compute_fleet_schedule,
 )
-from flexmeasures_cariflex.data.services.site_setup import require_site
 
 log = logging.getLogger("cariflex.replan")
 
@@ -262,9 +262,9 @@ def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) ->
     Per device, kW per 15-minute period, consumption positive (charging > 0), from the most recent
     "Cariflex scheduler" beliefs; ``null`` where no schedule covers a period.
     """
+    from flexmeasures_cariflex.data.queries.site import find_source, site_sensors
     from flexmeasures_cariflex.data.services.beliefs import latest_values
     from flexmeasures_cariflex.data.services.fleet_schedule import SCHEDULER_SOURCE
-    from flexmeasures_cariflex.data.services.site_setup import find_source, site_sensors
 
     start = pd.Timestamp(now or datetime.now(UTC)).floor(QUARTER)
     end = start + pd.Timedelta(hours=hours)

@@ -26,6 +26,7 @@ from cariflex.site_model import (
     child_assets,
     site_attributes,
 )
+from flexmeasures_cariflex.data.queries.site import find_source
 
 
 @dataclass
@@ -54,25 +55,6 @@ def _account(name: str, report: SetupReport) -> Account:
     else:
         report.unchanged.append(f"account '{name}'")
     return account
-
-
-def find_source(name: str, source_type: str) -> DataSource | None:
-    """A data source by name and type (names alone are not unique in FlexMeasures)."""
-    return (
-        db.session.execute(select(DataSource).filter(DataSource.name == name, DataSource.type == source_type))
-        .scalars()
-        .first()
-    )
-
-
-def ensure_source(name: str, source_type: str) -> DataSource:
-    """The data source, created (in the caller's transaction) if it does not exist yet."""
-    source = find_source(name, source_type)
-    if source is None:
-        source = DataSource(name=name, type=source_type)
-        db.session.add(source)
-        db.session.flush()
-    return source
 
 
 def _data_source(name: str, source_type: str, report: SetupReport) -> None:
@@ -182,19 +164,6 @@ def _sensor(spec: SensorSpec, asset: GenericAsset, timezone: str, report: SetupR
     )
 
 
-def find_site(fleet: Fleet) -> GenericAsset | None:
-    """The site's root asset, found by the fleet's site and account names."""
-    return db.session.execute(
-        select(GenericAsset)
-        .join(Account, GenericAsset.account_id == Account.id)
-        .filter(
-            GenericAsset.name == fleet.site.name,
-            GenericAsset.parent_asset_id.is_(None),
-            Account.name == fleet.site.account,
-        )
-    ).scalar_one_or_none()
-
-
 def setup_site(fleet: Fleet) -> SetupReport:
     """Bring the database in line with the fleet (adds and updates; never deletes)."""
     report = SetupReport()
@@ -242,30 +211,3 @@ def setup_site(fleet: Fleet) -> SetupReport:
 
     ensure_alerts(fleet)  # physical bounds (derived from the fleet), alert table and trigger
     return report
-
-
-class SiteNotReady(LookupError):
-    """The site, a sensor or the VTN data source is missing or differs from the site model:
-    a problem of this installation, not of the request (run `flexmeasures cariflex setup`)."""
-
-
-def require_site(fleet: Fleet) -> GenericAsset:
-    site = find_site(fleet)
-    if site is None:
-        raise SiteNotReady(
-            f"site '{fleet.site.name}' of account '{fleet.site.account}' does not exist; "
-            "run `flexmeasures cariflex setup` first"
-        )
-    return site
-
-
-def site_sensors(fleet: Fleet) -> dict[str, Sensor]:
-    """Every sensor below the site, by name (names are unique by construction of the site model)."""
-    site = require_site(fleet)
-    rows = db.session.execute(
-        select(Sensor)
-        .join(GenericAsset, Sensor.generic_asset_id == GenericAsset.id)
-        .filter((GenericAsset.parent_asset_id == site.id) | (GenericAsset.id == site.id))
-        .order_by(Sensor.name)
-    ).scalars()
-    return {sensor.name: sensor for sensor in rows}

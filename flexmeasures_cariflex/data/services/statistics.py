@@ -41,10 +41,10 @@ from sqlalchemy import text
 
 from cariflex.fleet import Fleet
 from cariflex.site_model import DAILY_STATISTICS, SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
 from flexmeasures_cariflex.data.services.carbon import CarbonError, default_intensity
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
-from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
 
 GROUPS = ("pv", "batteries", "evs")
 QUARTER_H = 0.25

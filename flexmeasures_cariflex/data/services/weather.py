@@ -288,7 +288,7 @@ def fetch_weather(
 ) -> FetchResult:
     """Weather for [start, end) (UTC) from Open-Meteo or the synthetic model, stored with the PV
     power it implies, in the caller's transaction (the caller commits)."""
-    from flexmeasures_cariflex.data.services.site_setup import ensure_source, site_sensors
+    from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 
     now = now or datetime.now(UTC)
     start_ts, end_ts = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
@@ -300,7 +300,7 @@ def fetch_weather(
     sensors = site_sensors(fleet)
     missing = [s for s, _ in VARIABLES.values() if s not in sensors]
     if missing:
-        from flexmeasures_cariflex.data.services.site_setup import SiteNotReady
+        from flexmeasures_cariflex.data.queries.site import SiteNotReady
 
         raise SiteNotReady(f"sensor(s) {', '.join(missing)} missing; run `flexmeasures cariflex setup` first")
     nulls = 0

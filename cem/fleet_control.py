@@ -1,0 +1,269 @@
+"""Fleet control: from setpoints and load-control limits to per-device targets for the S2 CEM.
+
+Setpoints come from the FlexMeasures fleet schedule (``ScheduleFollower``: the current period's
+value per device), overridden per device by an operator's ``cariflex-ven setpoint DEVICE KW``
+(outbox state). While a load-control event is active, the site import
+of the fleet is capped at level × the site's normal capacity: charging is lowered and discharging
+raised, the effort shared in proportion to what each device can still give without going below
+its minimum fill level (an EV never below the energy its departure needs). What cannot be
+delivered is reported as the shortfall.
+
+Measurements from the resource managers leave as 1-minute averages through the outbox (one entry
+per sensor per minute, never a request per S2 message), and only for sensors the site model has:
+a resource manager that is not a device of the fleet (or a value the site has no sensor for) is
+logged once and dropped here, never queued for a sensor FlexMeasures does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cariflex.fleet import Fleet
+from cariflex.site_model import sensor_names
+from cem.ports import StateStore
+from cem.schedule_follower import ScheduleFollower
+from cem.server import Cem
+
+log = logging.getLogger("cariflex.ven.fleet")
+
+UNKNOWN_LOGGED_MAX = 100  # devices whose dropped measurements are logged (once each)
+
+
+@dataclass(frozen=True)
+class Flex:
+    name: str
+    wanted_kw: float  # what the schedule or operator asks
+    min_kw: float  # most negative (discharging) power allowed now
+
+
+def allocate(devices: list[Flex], cap_kw: float | None) -> tuple[dict[str, float], float]:
+    """Targets that keep Σ power ≤ cap; the reduction is shared in proportion to each device's room."""
+    targets = {d.name: d.wanted_kw for d in devices}
+    if cap_kw is None:
+        return targets, 0.0
+    excess = sum(targets.values()) - cap_kw
+    if excess <= 0:
+        return targets, 0.0
+    room = {d.name: max(0.0, d.wanted_kw - d.min_kw) for d in devices}
+    total_room = sum(room.values())
+    if total_room <= 0:
+        return targets, excess
+    share = min(1.0, excess / total_room)
+    for name, r in room.items():
+        targets[name] -= r * share
+    return targets, max(0.0, excess - total_room)
+
+
+def load_control_level(events: dict[str, dict], now: datetime) -> float | None:
+    """The lowest capacity fraction any active, not cancelled load-control event sets now."""
+    levels = []
+    for event in events.values():
+        if event.get("status") == "cancelled":
+            continue
+        for interval in event.get("intervals", []):
+            start = datetime.fromisoformat(interval["start"])
+            end = start + _duration(interval["duration"])
+            if start <= now < end:
+                levels.append(float(interval["value"]))
+    return min(levels) if levels else None
+
+
+def _duration(text: str) -> timedelta:
+    import isodate
+
+    return isodate.parse_duration(text)
+
+
+class FleetController:
+    def __init__(
+        self,
+        fleet: Fleet,
+        cem: Cem,
+        outbox: StateStore,
+        *,
+        period_s: float = 1.0,
+        follower: ScheduleFollower | None = None,
+    ):
+        self.fleet, self.cem, self.outbox, self.period_s = fleet, cem, outbox, period_s
+        self.follower = follower
+        self.capacity_kw = fleet.site.capacity_kw
+        self.limits = {d.name: d for d in (*fleet.batteries, *fleet.ev_chargers)}
+        self.shortfall_kw = 0.0
+        self.cap_kw: float | None = None
+        self._minute: datetime | None = None
+        self.sensors = frozenset(sensor_names(fleet))  # what measurements may be queued for
+        self.dropped = 0  # measurements dropped: no such sensor in the site model
+        self._dropped_devices: set[str] = set()
+
+    def _min_kw(self, name: str) -> float:
+        device, state = self.limits[name], self.cem.devices.get(name)
+        fill = state.fill_level if state else None
+        if hasattr(device, "capacity_kwh"):  # battery: not below its minimum fill level
+            floor = device.capacity_kwh * device.soc_min_pct / 100
+            return 0.0 if fill is None or fill <= floor else -device.power_kw
+        if not device.bidirectional:
+            return 0.0
+        need = device.battery_capacity_kwh * device.departure_soc_pct / 100  # EV keeps its departure energy
+        return 0.0 if fill is None or fill <= need else -device.power_kw
+
+    def can_meet(self, event: dict, now: datetime | None = None) -> tuple[bool, str]:
+        """Whether the fleet can keep its import under a load-control event's caps, and why not.
+
+        Each interval not yet over, against the lowest average import the devices can reach in it
+        (cariflex.flexibility: batteries discharge down to their minimum, EVs still reach their
+        departure energy), from their present fill levels; before a later interval a battery may
+        first charge (at most its power x the lead time, up to its ceiling). Devices the CEM does
+        not know yet count as offering nothing and needing nothing."""
+        from cariflex.flexibility import can_meet_cap, fleet_flexibility
+
+        now = now or datetime.now(UTC)
+        fills = {n: s.fill_level for n, s in self.cem.devices.items() if s.fill_level is not None}
+        powers = {n: (s.power_w or 0.0) / 1000 for n, s in self.cem.devices.items()}
+        batteries = {b.name: b for b in self.fleet.batteries}
+        for interval in event["intervals"]:
+            begin = datetime.fromisoformat(interval["start"])
+            end = begin + _duration(interval["duration"])
+            if end <= now:
+                continue
+            start = max(begin, now)
+            lead_h = (start - now).total_seconds() / 3600
+            projected = {
+                n: min(b.capacity_kwh * b.soc_max_pct / 100, fills[n] + b.power_kw * lead_h)
+                if n in batteries and n in fills
+                else fill
+                for n, fill in fills.items()
+                for b in [batteries.get(n)]
+            }
+            flex = fleet_flexibility(
+                self.fleet, projected, powers, start, (end - start).total_seconds() / 3600
+            )
+            feasible, why = can_meet_cap(flex, float(interval["value"]) * self.capacity_kw)
+            if not feasible:
+                return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}"
+        return True, "the fleet can hold every cap of the event"
+
+    def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
+        scheduled = self.follower.setpoints(now) if self.follower else {}
+        setpoints = {**scheduled, **self.outbox.get_state("setpoints", {})}  # the operator's win
+        level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
+        cap = None if level is None else level * self.capacity_kw
+        flex = []
+        for name in self.limits:
+            state = self.cem.devices.get(name)
+            if state is None or not state.controllable:
+                continue
+            if name in setpoints:
+                wanted = float(setpoints[name])
+            elif cap is not None:
+                wanted = (state.power_w or 0.0) / 1000  # under a limit every device takes part
+            else:
+                continue
+            flex.append(Flex(name, wanted, self._min_kw(name)))
+        targets, shortfall = allocate(flex, cap)
+        return targets, shortfall, cap
+
+    async def step(self) -> None:
+        now = datetime.now(UTC)
+        targets, shortfall, cap = self.targets(now)
+        for name, kw in targets.items():
+            await self.cem.apply_setpoint(name, kw)
+        if shortfall > 0 and shortfall != self.shortfall_kw:
+            log.warning(
+                "load-control cap cannot be met",
+                extra={"fields": {"cap_kw": cap, "shortfall_kw": round(shortfall, 2)}},
+            )
+        self.shortfall_kw, self.cap_kw = shortfall, cap
+        self._measurements(now)
+
+    def _measurements(self, now: datetime) -> None:
+        """At each new minute: the last minute's average power and last fill level per device."""
+        minute = now.replace(second=0, microsecond=0)
+        if self._minute is None:
+            self._minute = minute
+            return
+        if minute == self._minute:
+            return
+        start, self._minute = self._minute, minute
+        cutoff = time.monotonic() - (now - start).total_seconds()
+        for name, state in self.cem.devices.items():
+            samples = [w for t, w in state.power_samples if t >= cutoff]
+            state.power_samples = [(t, w) for t, w in state.power_samples if t >= cutoff - 60]
+            if samples and self._known(name, f"{name}_power"):
+                self.outbox.add(
+                    "measurement",
+                    f"m:{name}_power:{start.isoformat()}",
+                    {
+                        "sensor": f"{name}_power",
+                        "start": start.isoformat(),
+                        "duration": "PT1M",
+                        "values": [round(sum(samples) / len(samples) / 1000, 4)],
+                        "unit": "kW",
+                    },
+                )
+            if state.fill_level is not None and self._known(name, f"{name}_soc"):
+                self.outbox.add(
+                    "measurement",
+                    f"m:{name}_soc:{start.isoformat()}",
+                    {
+                        "sensor": f"{name}_soc",
+                        "start": start.isoformat(),
+                        "duration": "PT1M",
+                        "values": [round(state.fill_level, 4)],
+                        "unit": "kWh",
+                    },
+                )
+
+    def _known(self, device: str, sensor: str) -> bool:
+        """Whether the site model has ``sensor``; if not, the measurement is dropped (logged once per
+        device, its name clipped: a resource manager chooses it)."""
+        if sensor in self.sensors:
+            return True
+        self.dropped += 1
+        if device not in self._dropped_devices and len(self._dropped_devices) < UNKNOWN_LOGGED_MAX:
+            self._dropped_devices.add(device)
+            log.warning(
+                "measurement of a device not in the fleet dropped",
+                extra={"fields": {"device": device[:64], "sensor": sensor[:80]}},
+            )
+        return False
+
+    def status(self) -> dict:
+        return {
+            "connected": sum(d.connected for d in self.cem.devices.values()),
+            "under_frbc": sum(d.controllable for d in self.cem.devices.values()),
+            "cap_kw": self.cap_kw,
+            "shortfall_kw": round(self.shortfall_kw, 3),
+            "dropped_measurements": self.dropped,
+            "devices": {
+                n: {
+                    "power_kw": None if d.power_w is None else round(d.power_w / 1000, 3),
+                    "fill_kwh": d.fill_level,
+                    "setpoint_kw": d.setpoint_kw,
+                    "connected": d.connected,
+                }
+                for n, d in sorted(self.cem.devices.items())
+            },
+        }
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        last_status = 0.0
+        while not stopping.is_set():
+            try:
+                await self.step()
+                if time.monotonic() - last_status > 2:
+                    self.outbox.set_state("s2", self.status())
+                    last_status = time.monotonic()
+            except Exception:  # keep controlling the fleet whatever one round hit
+                log.exception("fleet control round failed")
+            self.cem.on_change.clear()
+            waits = [asyncio.ensure_future(self.cem.on_change.wait())]
+            if self.follower is not None:
+                self.follower.changed.clear()
+                waits.append(asyncio.ensure_future(self.follower.changed.wait()))
+            _, pending = await asyncio.wait(waits, timeout=self.period_s, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()

@@ -1,0 +1,233 @@
+"""``make demo``: the Cariflex chain on one machine, from nothing, in one command.
+
+Today it prepares the database (embedded PostgreSQL under var/ unless CARIFLEX_DATABASE_URL is
+set), runs ``flexmeasures db upgrade``, ``flexmeasures cariflex setup`` and creates the admin,
+then serves FlexMeasures with the plugin on CARIFLEX_FM_BIND until Ctrl-C or SIGTERM. Later
+components (VTN, VEN bridge, simulator, Grafana) join the same process list. The simulated
+devices are paired with the VEN's S2 CEM first (``cariflex-ven pair --all --token-file``, kept
+across restarts), as an operator pairs real ones.
+
+This module orchestrates processes only; it does not import FlexMeasures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cariflex import logs, settings
+from operations import database
+from operations.launch import gunicorn_command, hourly_refresh, init_commands
+
+log = logging.getLogger("cariflex.demo")
+BIN = Path(sys.executable).parent
+DATABASE_NAME = "cariflex"
+
+
+def prepare_database() -> str:
+    """The FlexMeasures database URL, with the database created if it was missing."""
+    configured = settings.get("CARIFLEX_DATABASE_URL")
+    if configured:
+        url = database.to_psycopg2(configured)
+        where = "configured server"
+    else:
+        server = database.embedded_server_url(settings.var_dir() / "pgdata")
+        url = database.with_database(server, DATABASE_NAME)
+        where = f"embedded PostgreSQL in {settings.var_dir() / 'pgdata'}"
+    created = database.create_database(url)
+    missing = database.install_extensions(url)
+    log.info(
+        "database ready",
+        extra={"fields": {"where": where, "created": created, "extensions_missing": missing}},
+    )
+    return url
+
+
+def run_flexmeasures(commands: list[str], env: dict[str, str]) -> None:
+    """Run ``flexmeasures`` commands in one process (see flexmeasures_cariflex.cli.batch)."""
+    cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands]
+    # FlexMeasures writes flexmeasures.log into its working directory: keep it in var/.
+    result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+    if result.returncode != 0:
+        raise SystemExit(f"demo: `flexmeasures {commands}` failed (exit {result.returncode})")
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Poll a health URL until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo: {url} did not answer within {timeout_s:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen, name: str, timeout_s: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("killing after timeout", extra={"fields": {"process": name}})
+            proc.kill()
+            proc.wait()
+    log.info("stopped", extra={"fields": {"process": name, "exit": proc.returncode}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cariflex-demo",
+        description="Run the Cariflex EMS demo: database, site setup, admin user, FlexMeasures "
+        "server. Configuration from CARIFLEX_* variables or .env (see .env.example).",
+    )
+    parser.add_argument(
+        "--fleet", help="fleet description (default: $CARIFLEX_FLEET_FILE or the packaged one)"
+    )
+    parser.add_argument("--bind", help="FlexMeasures address host:port (default: $CARIFLEX_FM_BIND)")
+    args = parser.parse_args(argv)
+    logs.configure()
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    bind = args.bind or settings.get("CARIFLEX_FM_BIND")
+    env = {
+        **os.environ,
+        "CARIFLEX_VAR_DIR": str(settings.var_dir()),
+        "CARIFLEX_ENV_FILE": str(Path(os.environ.get("CARIFLEX_ENV_FILE", ".env")).resolve()),
+    }
+    running: list[tuple[str, subprocess.Popen]] = []
+    try:
+        # The VTN needs nothing from FlexMeasures: start it first, it is ready long before.
+        provision_ven(settings.get("CARIFLEX_VEN_NAME"))
+        vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
+        env["CARIFLEX_DATABASE_URL"] = prepare_database()
+        run_flexmeasures(init_commands(args.fleet), env)
+        if stop.is_set():
+            return 0
+        server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
+        # Weather, PV power and the production price now and every hour after (in the background).
+        threading.Thread(
+            target=hourly_refresh, args=(env, args.fleet, stop), name="refresh", daemon=True
+        ).start()
+
+        base = f"http://{bind}"
+        vtn_admin = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_ADMIN_PORT')}"
+        wait_until_ready(f"{base}/api/v3_0/health/ready", server, timeout_s=120)
+        wait_until_ready(f"{vtn_admin}/health", vtn, timeout_s=60)
+        # The VEN bridge: VTN events into FlexMeasures (it would wait for both anyway).
+        env.setdefault("CARIFLEX_FM_URL", base)
+        env.setdefault(
+            "CARIFLEX_VTN_URL", f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
+        )
+        fleet_args = ["--fleet", args.fleet] if args.fleet else []
+        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM once paired with it.
+        tokens = pair_simulated_devices(fleet_args, env)
+        start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
+        start_process(
+            "device-simulator",
+            [str(BIN / "cariflex-sim"), "run", *fleet_args, "--token-file", str(tokens)],
+            env,
+            running,
+        )
+        print(banner(base, vtn_admin), flush=True)
+        log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
+        while not stop.is_set() and all(proc.poll() is None for _, proc in running):
+            stop.wait(1)
+    finally:
+        for name, proc in reversed(running):
+            stop_process(proc, name)
+    return 0 if stop.is_set() else 1
+
+
+def start_process(
+    name: str, command: list[str], env: dict[str, str], running: list[tuple[str, subprocess.Popen]]
+) -> subprocess.Popen:
+    # Working directory var/: FlexMeasures writes flexmeasures.log into it.
+    proc = subprocess.Popen(command, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+    running.append((name, proc))
+    log.info("started", extra={"fields": {"process": name, "pid": proc.pid}})
+    return proc
+
+
+def pair_simulated_devices(fleet_args: list[str], env: dict[str, str]) -> Path:
+    """Pair every simulated device with the VEN's S2 CEM (idempotent: valid tokens are kept); the
+    tokens go to the simulator's token file (mode 600), only their hashes to the VEN's state."""
+    from simulator.cli import default_token_file
+
+    tokens = default_token_file()
+    result = subprocess.run(
+        [str(BIN / "cariflex-ven"), "pair", "--all", "--token-file", str(tokens), *fleet_args],
+        env=env,
+        cwd=env["CARIFLEX_VAR_DIR"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"demo: pairing the simulated devices failed: {result.stderr.strip()[-500:]}")
+    log.info(
+        "simulated devices paired",
+        extra={
+            "fields": {
+                "new": result.stdout.count(": paired"),
+                "kept": result.stdout.count(": already paired"),
+                "token_file": str(tokens),
+            }
+        },
+    )
+    return tokens
+
+
+def provision_ven(name: str) -> None:
+    """The bridge's VEN must be provisioned before it may register (idempotent)."""
+    from vtn import actions
+    from vtn.events import Conflict
+    from vtn.store import Store, default_url
+
+    store = Store(default_url())
+    try:
+        actions.add_ven(store, name)
+        log.info("provisioned VEN", extra={"fields": {"ven_name": name}})
+    except Conflict:
+        pass
+    finally:
+        store.dispose()
+
+
+def banner(base: str, vtn_admin: str) -> str:
+    email = settings.get("CARIFLEX_ADMIN_EMAIL")
+    password_hint = (
+        "$CARIFLEX_ADMIN_PASSWORD"
+        if settings.get("CARIFLEX_ADMIN_PASSWORD")
+        else str(settings.var_dir() / "admin_password")
+    )
+    vtn_url = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
+    return (
+        f"\n  Cariflex EMS is running: {base}\n"
+        f"  Log in as {email} (password in {password_hint}).\n"
+        f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
+        "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
+        "  S2: 20 simulated devices; make one obey:  .venv/bin/cariflex-ven setpoint bat_01 30\n"
+        "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
+        "  Ctrl-C stops it.\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""`make demo` end to end: embedded database, migrations, setup, admin, server, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from tests.helpers.common import free_port
+from tests.helpers.openadr_harness import wait_until
+
+BIN = Path(sys.executable).parent
+
+
+def read_lines(stream, into: queue.Queue) -> None:
+    for line in stream:
+        into.put(line)
+
+
+def wait_for(lines: queue.Queue, pattern: str, timeout_s: float, seen: list[str]) -> re.Match:
+    regex = re.compile(pattern)
+    while True:
+        try:
+            line = lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen[-40:])}") from None
+        seen.append(line)
+        if match := regex.search(line):
+            return match
+
+
+def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
+    port, vtn_port, vtn_admin_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARIFLEX_", "SQLALCHEMY_"))}
+    env.update(
+        CARIFLEX_VAR_DIR=str(tmp_path / "var"),  # no database URL: the embedded server is used
+        CARIFLEX_FM_BIND=f"127.0.0.1:{port}",
+        CARIFLEX_VTN_PORT=str(vtn_port),
+        CARIFLEX_VTN_ADMIN_PORT=str(vtn_admin_port),
+        CARIFLEX_S2_PORT=str(free_port()),
+        CARIFLEX_ENV_FILE=str(tmp_path / "no.env"),
+    )
+    demo = subprocess.Popen(
+        [str(BIN / "cariflex-demo")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(demo.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        password = wait_for(lines, r"Admin created: admin@cariflex.example  password: (\S+)", 240, seen)[1]
+        assert (tmp_path / "var" / "admin_password").read_text().strip() == password
+        wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
+        base = f"http://127.0.0.1:{port}"
+
+        token = requests.post(
+            f"{base}/api/requestAuthToken",
+            json={"email": "admin@cariflex.example", "password": password},
+            timeout=30,
+        ).json()["auth_token"]
+        assets = requests.get(
+            f"{base}/api/v3_0/assets",
+            headers={"Authorization": token},
+            params={"all_accessible": "true"},
+            timeout=30,
+        ).json()
+        site = next(a for a in assets if a["name"] == "Cariflex site")
+        children = [a for a in assets if a.get("parent_asset_id") == site["id"]]
+        names = sorted(a["name"] for a in children)
+        assert sum(n.startswith("pv_") for n in names) == 10
+        assert sum(n.startswith("bat_") for n in names) == 10
+        assert sum(n.startswith("ev_") for n in names) == 10
+
+        session = requests.Session()
+        page = session.get(f"{base}/login", timeout=30).text
+        csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)[1]
+        login = session.post(
+            f"{base}/login",
+            data={"email": "admin@cariflex.example", "password": password, "csrf_token": csrf},
+            timeout=30,
+        )
+        assert login.url.endswith("/dashboard"), login.url
+
+        # The VTN runs beside it, with the bridge's VEN provisioned.
+        vtn_admin = f"http://127.0.0.1:{vtn_admin_port}"
+        assert requests.get(f"{vtn_admin}/health", timeout=30).json()["status"] == "ok"
+        token = (tmp_path / "var" / "vtn_admin_token").read_text().strip()
+        vens = requests.get(
+            f"{vtn_admin}/vens", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ).json()
+        assert [v["ven_name"] for v in vens] == ["cariflex-ven"]
+
+        # The VEN bridge registers with it.
+        def ven_registered() -> bool:
+            listed = requests.get(
+                f"{vtn_admin}/vens", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            return listed.json()[0]["registered"]
+
+        wait_until(ven_registered, 60, "the VEN bridge to register")
+
+        # The simulated devices come under the VEN's S2 control.
+        def ven_status() -> dict:
+            status = subprocess.run(
+                [str(BIN / "cariflex-ven"), "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return json.loads(status.stdout)
+
+        wait_until(
+            lambda: ven_status().get("s2", {}).get("under_frbc") == 20,
+            60,
+            "20 simulated devices under FRBC control",
+        )
+        # ... because the demo paired them: hashes in the VEN's state, tokens for the simulator only
+        pairings = json.loads((tmp_path / "var" / "ven" / "s2_pairings.json").read_text())
+        assert len(pairings["devices"]) == 20
+        assert oct((tmp_path / "var" / "sim" / "s2_tokens.json").stat().st_mode & 0o777) == "0o600"
+
+        # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
+        wait_until(lambda: ven_status()["schedule"].get("version"), 120, "a fleet schedule at the VEN")
+        wait_until(
+            lambda: (
+                sum(d.get("setpoint_kw") is not None for d in ven_status()["s2"]["devices"].values()) == 20
+            ),
+            60,
+            "every device following the schedule",
+        )
+
+        # Weather (Open-Meteo is unreachable here: the synthetic model, said so) with PV power, and
+        # the production price, filled by the demo's hourly refresh.
+        for pattern in (r"Weather from (Open-Meteo|Simulator), .*pv_10_power", r"Production price for"):
+            if not any(re.search(pattern, line) for line in seen):
+                wait_for(lines, pattern, 180, seen)
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        exit_code = demo.wait(timeout=60)
+    assert exit_code == 0, "".join(seen[-40:])
+    # The embedded server stopped with the demo.
+    assert not (tmp_path / "var" / "pgdata" / "postmaster.pid").exists()
