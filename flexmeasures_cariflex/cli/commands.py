@@ -5,60 +5,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from flask.cli import with_appcontext
 from flexmeasures.data import db
 
 from cariflex import settings
-from cariflex.fleet import Fleet, FleetError, load_fleet
 from cariflex.json_input import JsonInputError, load_json
 from flexmeasures_cariflex import cariflex_bp
+from flexmeasures_cariflex.cli.utils import echo_replan, fleet_option, load_fleet_or_refuse, refuse, writing
 from flexmeasures_cariflex.data.queries.site import site_sensors
 from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.replan import replan_now
 from flexmeasures_cariflex.data.services.site_setup import setup_site
-
-fleet_option = click.option(
-    "--fleet",
-    "fleet_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Fleet description (YAML). Default: $CARIFLEX_FLEET_FILE, else the packaged Cariflex fleet.",
-)
-
-
-def _refuse(message: str) -> NoReturn:
-    click.secho(f"Error: {message}", fg="red", err=True)
-    click.echo("Nothing was written to the database.", err=True)
-    sys.exit(1)
-
-
-@contextmanager
-def writing(*refused: type[Exception]) -> Iterator[None]:
-    """One transaction for a command: committed at the end; on a refusal rolled back and the command
-    exits 1 with the reason ("Nothing was written"); on anything else rolled back and raised."""
-    try:
-        yield
-        db.session.commit()
-    except refused as exc:
-        db.session.rollback()
-        _refuse(str(exc))
-    except Exception:
-        db.session.rollback()
-        raise
-
-
-def _load(fleet_file: str | None) -> Fleet:
-    try:
-        return load_fleet(fleet_file)
-    except FleetError as exc:
-        _refuse(str(exc))
 
 
 @cariflex_bp.cli.command("setup")
@@ -70,7 +32,7 @@ def setup(fleet_file: str | None) -> None:
     Safe to run again: it adds what the fleet file has and the database lacks, updates changed
     parameters, and reports (never deletes) what the database has and the fleet file lacks.
     """
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     try:
         report = setup_site(fleet)
         db.session.commit()
@@ -103,7 +65,7 @@ def setup(fleet_file: str | None) -> None:
 @with_appcontext
 def sensors(fleet_file: str | None, as_json: bool) -> None:
     """Print the site's sensors: name, id, unit and resolution."""
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     try:
         found = site_sensors(fleet)
     except LookupError as exc:
@@ -127,7 +89,7 @@ def _ensure_login(
     password_file: str,
 ) -> None:
     """Create a login in the fleet's account once; show its password only then."""
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     password = settings.secret(password_variable, password_file)
     try:
         created = ensure_user(email, password, fleet.site.account, roles)
@@ -183,35 +145,18 @@ def ingest_event_command(event_file: str, no_replan: bool, fleet_file: str | Non
     to POST /api/cariflex/v1/openadr/events. A replay (same event id and modification number)
     writes nothing; a refused event writes nothing and exits 1. When prices or the load-control
     limit changed, the fleet is re-planned at once (the next request re-plans if --no-replan)."""
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     try:
         event = load_json(Path(event_file).read_bytes())  # the API's JSON rules, for the file too
     except OSError as exc:
-        _refuse(f"{event_file} cannot be read: {exc.strerror or exc}")
+        refuse(f"{event_file} cannot be read: {exc.strerror or exc}")
     except JsonInputError as exc:
-        _refuse(f"{event_file} is not JSON we accept: {exc}")
+        refuse(f"{event_file} is not JSON we accept: {exc}")
     with writing(IngestError, SiteNotReady):
         result = ingest_event(event, fleet)
     click.echo(result.summary())
     if result.replan and not no_replan:
-        _echo_replan(replan_now(fleet))
-
-
-def _echo_replan(status: dict | None) -> None:
-    if status is None:
-        click.echo("Re-plan: the current schedule already includes this change.")
-        return
-    if not status.get("ok"):
-        click.secho(f"Re-plan failed: {status.get('error')}", fg="red", err=True)
-        return
-    click.echo(
-        f"Re-planned {status['start']} - {status['end']} in {status['compute_s']:.2f} s "
-        f"(+{status['save_s']:.2f} s saving), version {status['version']}"
-    )
-    for note in status.get("notes", []):
-        click.echo(f"  note: {note}")
-    for breach in status.get("breaches", []):
-        click.secho(f"  breach: {breach}", fg="yellow")
+        echo_replan(replan_now(fleet))
 
 
 @cariflex_bp.cli.command("schedule")
@@ -243,19 +188,19 @@ def schedule_command(
 
     from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     tz = ZoneInfo(fleet.site.timezone)
     try:
         horizon = isodate.parse_duration(horizon_text)
     except (isodate.ISO8601Error, ValueError) as exc:
-        _refuse(f"--horizon {horizon_text!r} is not an ISO 8601 duration like PT24H ({exc})")
+        refuse(f"--horizon {horizon_text!r} is not an ISO 8601 duration like PT24H ({exc})")
     if not isinstance(horizon, timedelta):
-        _refuse(f"--horizon {horizon_text!r} must be in days/hours/minutes, e.g. PT24H")
+        refuse(f"--horizon {horizon_text!r} must be in days/hours/minutes, e.g. PT24H")
     if start_text:
         try:
             start = datetime.fromisoformat(start_text)
         except ValueError:
-            _refuse(f"--start {start_text!r} is not an ISO datetime like 2026-11-25T00:00-04:00")
+            refuse(f"--start {start_text!r} is not an ISO datetime like 2026-11-25T00:00-04:00")
         if start.tzinfo is None:
             start = start.replace(tzinfo=tz)
     else:
@@ -271,7 +216,7 @@ def schedule_command(
             db.session.rollback()
     except (ValueError, LookupError) as exc:
         db.session.rollback()
-        _refuse(str(exc))
+        refuse(str(exc))
     except Exception:
         db.session.rollback()
         raise
@@ -308,9 +253,9 @@ def _queue_schedule(start, horizon, dry_run: bool, fleet_file: str | None) -> No
     from flexmeasures_cariflex.data.services.fleet_schedule import schedule_job
 
     if dry_run:
-        _refuse("--as-job and --dry-run do not go together: a job's result is its saved schedule")
+        refuse("--as-job and --dry-run do not go together: a job's result is its saved schedule")
     if not settings.get("CARIFLEX_REDIS_URL"):
-        _refuse("--as-job needs CARIFLEX_REDIS_URL (the Redis of FlexMeasures' job queues)")
+        refuse("--as-job needs CARIFLEX_REDIS_URL (the Redis of FlexMeasures' job queues)")
     job = current_app.queues["scheduling"].enqueue(
         schedule_job,
         start.isoformat(),
@@ -342,11 +287,11 @@ def grafana_role(password_env: str) -> None:
     else:
         password = os.environ.get(password_env)
         if not password:
-            _refuse(f"{password_env} is not set; it must hold the password for {ROLE}")
+            refuse(f"{password_env} is not set; it must hold the password for {ROLE}")
     try:
         outcome = ensure_grafana_role(password)
         db.session.commit()
     except Exception as exc:
         db.session.rollback()
-        _refuse(f"cannot create or update the role {ROLE}: {exc}")
+        refuse(f"cannot create or update the role {ROLE}: {exc}")
     click.echo(f"Role {ROLE} {outcome}: SELECT on {', '.join(TABLES)}; read-only transactions.")

@@ -14,7 +14,7 @@ import pandas as pd
 from flask.cli import with_appcontext
 
 from flexmeasures_cariflex import cariflex_bp
-from flexmeasures_cariflex.cli.commands import _load, _refuse, fleet_option, writing
+from flexmeasures_cariflex.cli.utils import fleet_option, load_fleet_or_refuse, refuse, writing
 
 
 def _json(data) -> None:
@@ -27,7 +27,7 @@ def _since(text: str) -> datetime:
     try:
         return parse_since(text, "--since")
     except ValueError as exc:
-        _refuse(str(exc))
+        refuse(str(exc))
 
 
 @cariflex_bp.cli.command("statistics")
@@ -54,9 +54,9 @@ def statistics_command(day, month, year, device, group, store, as_json, fleet_fi
         store_daily,
     )
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     if store and (device or group):
-        _refuse("--store writes the site's daily figures; it cannot be combined with --device or --group")
+        refuse("--store writes the site's daily figures; it cannot be combined with --device or --group")
     if not (day or month or year):
         day = datetime.now(UTC).astimezone(pd.Timestamp.now(tz=fleet.site.timezone).tzinfo).date().isoformat()
     with writing(StatisticsError):
@@ -104,7 +104,7 @@ def flexibility_command(hours, store, as_json, fleet_file) -> None:
     """How much power and energy each battery and EV, and the fleet, could add or shed from now."""
     from flexmeasures_cariflex.data.services.flexibility import FlexibilityError, current, store_fleet
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     with writing(FlexibilityError):
         flex = current(fleet, hours=hours)
         if store:
@@ -137,7 +137,7 @@ def dr_verification_command(since_text, store, as_json, fleet_file) -> None:
         verify_events,
     )
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     since = _since(since_text)
     with writing(VerificationError):
         results = verify_events(fleet, since, datetime.now(UTC))
@@ -187,7 +187,7 @@ def alerts_check(fleet_file) -> None:
     """Record silent sensors and devices not following their schedule, as of now."""
     from flexmeasures_cariflex.data.services.alerts import check
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     with writing(ValueError):
         found = check(fleet)
     click.echo(
@@ -207,12 +207,12 @@ def carbon_intensity_command(day, csv_file, fleet_file) -> None:
     (or $CARIFLEX_CARBON_INTENSITY_FILE), else the flat $CARIFLEX_CARBON_INTENSITY."""
     from flexmeasures_cariflex.data.services.carbon import CarbonError, store_carbon_intensity
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     tz = pd.Timestamp.now(tz=fleet.site.timezone)
     try:
         days = [date.fromisoformat(day)] if day else [tz.date(), (tz + timedelta(days=1)).date()]
     except ValueError:
-        _refuse(f"--day {day!r} is not a day like 2026-11-24")
+        refuse(f"--day {day!r} is not a day like 2026-11-24")
     with writing(CarbonError, ValueError):
         for d in days:
             result = store_carbon_intensity(fleet, d, csv_file)

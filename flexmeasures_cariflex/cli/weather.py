@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 from flexmeasures.data import db
 
 from flexmeasures_cariflex import cariflex_bp
-from flexmeasures_cariflex.cli.commands import _echo_replan, _load, _refuse, fleet_option, writing
+from flexmeasures_cariflex.cli.utils import echo_replan, fleet_option, load_fleet_or_refuse, refuse, writing
 
 BACKFILL_LIMIT = timedelta(days=7)
 DEFAULT_BACKFILL = timedelta(days=2)
@@ -26,7 +26,7 @@ def _utc(text: str, option: str, tz: str) -> datetime:
     try:
         moment = pd.Timestamp(text)
     except ValueError:
-        _refuse(f"{option} {text!r} is not an ISO date or time like 2026-11-25 or 2026-11-25T06:00-04:00")
+        refuse(f"{option} {text!r} is not an ISO date or time like 2026-11-25 or 2026-11-25T06:00-04:00")
     if moment.tzinfo is None:
         moment = moment.tz_localize(tz)
     return moment.tz_convert("UTC").to_pydatetime()
@@ -79,19 +79,19 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
     from flexmeasures_cariflex.data.queries.site import SiteNotReady
     from flexmeasures_cariflex.data.services.weather import WeatherError, WeatherUnreachable, fetch_weather
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     tz = fleet.site.timezone
     now = datetime.now(UTC)
     if (start_text or end_text) and forecast_days:
-        _refuse("give either --start/--end or --forecast-days, not both")
+        refuse("give either --start/--end or --forecast-days, not both")
     if bool(start_text) != bool(end_text):
-        _refuse("--start and --end go together")
+        refuse("--start and --end go together")
     if start_text:
         start, end = _utc(start_text, "--start", tz), _utc(end_text, "--end", tz)
         if end <= start:
-            _refuse(f"--end {end_text} must come after --start {start_text}")
+            refuse(f"--end {end_text} must come after --start {start_text}")
         if end - start > timedelta(days=93):
-            _refuse("at most 93 days per fetch; fetch longer ranges in parts")
+            refuse("at most 93 days per fetch; fetch longer ranges in parts")
     else:
         start = pd.Timestamp(_backfill_start(fleet, now)).floor("h").to_pydatetime()
         end = pd.Timestamp(now + timedelta(days=forecast_days or 2)).ceil("D").to_pydatetime()
@@ -145,13 +145,13 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
     )
     from flexmeasures_cariflex.data.services.replan import replan_now
 
-    fleet = _load(fleet_file)
+    fleet = load_fleet_or_refuse(fleet_file)
     if tariff is not None and csv_file:
-        _refuse("give either --tariff or --csv, not both")
+        refuse("give either --tariff or --csv, not both")
     try:
         day = date.fromisoformat(day_text) if day_text else default_day(fleet)
     except ValueError:
-        _refuse(f"--day {day_text!r} is not a date like 2026-11-25")
+        refuse(f"--day {day_text!r} is not a date like 2026-11-25")
     with writing(PriceRefused, SiteNotReady):
         prices = hourly_prices(csv_file, tariff)
         if tariff is not None and not 0 <= tariff <= 10_000:
@@ -162,4 +162,4 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
         f"{outcome['written']} beliefs" + ("" if outcome["changed"] else " (unchanged)")
     )
     if outcome["replan"] and not no_replan:
-        _echo_replan(replan_now(fleet))
+        echo_replan(replan_now(fleet))
