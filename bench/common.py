@@ -32,7 +32,9 @@ def parse_args(parser: argparse.ArgumentParser, **smoke: Any) -> argparse.Namesp
     """The benchmark's arguments, with ``--smoke``: the smallest run that exercises every step
     (``make test`` runs each benchmark so, checking only that it completes and prints its line)."""
     parser.add_argument(
-        "--smoke", action="store_true", help=f"a smoke run ({', '.join(f'{k}={v}' for k, v in smoke.items())})"
+        "--smoke",
+        action="store_true",
+        help=f"a smoke run ({', '.join(f'{k}={v}' for k, v in smoke.items())})",
     )
     args = parser.parse_args()
     if args.smoke:

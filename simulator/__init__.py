@@ -1,8 +1,13 @@
 """Simulated S2 resource managers for the Cariflex fleet (10 batteries, 10 EV chargers).
 
 - ``simulator.devices``: the physics of one device (fill level, power, modes), no I/O;
-- ``simulator.rm``: one S2 resource manager per device over its own WebSocket to the CEM, built on
-  s2-python's RM connection core; ``start_fleet`` / ``run_fleet`` run many in one asyncio loop;
+- ``simulator.transport``: the RM's WebSocket and S2 connection, s2-python's connection core plus
+  what it leaves to the application (exactly one ReceptionStatus per message, CA file, close codes);
+- ``simulator.adapters``: the S2 control types an RM offers (FRBC, NO_SELECTION) on s2-python's
+  ``ResourceManagerHandler``, and the FRBC messages that report a device's state;
+- ``simulator.runner``: one S2 resource manager per device over its own WebSocket to the CEM
+  (``SimulatedRM``: instructions, reconnection, pairing); ``start_fleet`` / ``run_fleet`` run many
+  in one asyncio loop;
 - ``simulator.cli``: the ``cariflex-sim`` entry point (``python -m simulator.cli run``).
 
 May import: ``cariflex`` only; never the CEM, the VEN, the plugin or FlexMeasures (it talks to the
@@ -12,6 +17,6 @@ Contract files: ``cariflex/contracts/s2_device.py``; the S2 messages are s2-pyth
 """
 
 from simulator.devices import SimDevice, build_devices
-from simulator.rm import SimulatedFleet, SimulatedRM, run_fleet, start_fleet
+from simulator.runner import SimulatedFleet, SimulatedRM, run_fleet, start_fleet
 
 __all__ = ["SimDevice", "SimulatedFleet", "SimulatedRM", "build_devices", "run_fleet", "start_fleet"]

@@ -25,7 +25,7 @@ from cariflex import logs, settings
 from cariflex.fleet import FleetError, load_fleet
 from cariflex.s2.credentials import TokenFile
 from simulator.devices import PRESENCE_CHOICES, build_devices
-from simulator.rm import run_fleet
+from simulator.runner import run_fleet
 
 log = logging.getLogger("cariflex.sim")
 

@@ -213,6 +213,12 @@ class SimDevice:
 
     # --- physics ------------------------------------------------------------------------------
 
+    def advance(self, seconds: float, now: datetime) -> tuple[bool, bool]:
+        """Bring the device ``seconds`` on, to ``now``: first the EV's schedule (a car that arrived
+        brings its arrival level, one that left idles the charger), then the fill level. Returns
+        (the car arrived or left, the device stopped itself)."""
+        return self.update_presence(now), self.step(seconds, now)
+
     def _element_for_step(self) -> FRBCOperationModeElement | None:
         """The element that governs the level's movement: on a shared boundary, when the lower
         element would push the level up, the element above takes over."""

@@ -14,7 +14,9 @@ import pytest
 
 from tests.helpers.common import ROOT
 
-BENCHMARKS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "common.py"))
+BENCHMARKS = sorted(
+    p.name for p in (ROOT / "bench").glob("*.py") if p.name not in ("__init__.py", "common.py")
+)
 
 
 def test_every_benchmark_is_covered():

@@ -13,7 +13,7 @@ from s2python.frbc import FRBCInstruction
 from cariflex.fleet import Battery, EVCharger, load_fleet
 from cariflex.s2.devices import EV_MIN_KW
 from simulator.devices import SimDevice, build_devices, ev_present
-from simulator.rm import SimulatedRM
+from simulator.runner import SimulatedRM
 
 NOW = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)  # 12:00 in Martinique (UTC-4)
 BATTERY = Battery("bat_x", 100.0, 50.0, 10.0, 95.0, 90.0)
