@@ -41,7 +41,7 @@ import isodate
 from cariflex.json_input import JsonInputError, clip, finite, quote
 
 MAX_YEARS_AWAY = 10  # times further from today than this are typing or clock errors
-MAX_NAME = 100  # device names, event ids: longer ones are not ours
+MAX_NAME = 100  # device names: longer ones are not a fleet's
 
 
 class ContractError(ValueError):
@@ -173,7 +173,7 @@ def duration(value: Any, where: str, *, maximum: timedelta) -> timedelta:
         fail(where, f"must be an ISO 8601 duration string such as 'PT1H', got {quote(value)}")
     try:
         parsed: Any = isodate.parse_duration(value)
-    except (isodate.ISO8601Error, ValueError, OverflowError, TypeError):
+    except (isodate.ISO8601Error, ValueError, ArithmeticError, TypeError):
         parsed = None
     if parsed is None:
         fail(where, f"{quote(value)} is not an ISO 8601 duration such as 'PT1H'")
