@@ -29,6 +29,7 @@ from sqlalchemy import text
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, Sql, latest_beliefs_sql
 from flexmeasures_cariflex.data.queries.site import site_sensors
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
 from flexmeasures_cariflex.data.services.rollups import statement_triggers
@@ -164,6 +165,22 @@ ON CONFLICT (sensor_id, rule, event_start) DO UPDATE
 RETURNING sensor_id
 """
 
+# The latest scheduled value per device and event, and the latest load-control level: the one
+# reader's definition (data/queries/latest_beliefs.py), rendered with this query's parameters.
+_SCHEDULED = latest_beliefs_sql(
+    BeliefQuery(
+        sensor_ids=Sql("CAST(:ids AS integer[])"),
+        start=Sql(":since"),
+        end=Sql(":until"),
+        source_types=["scheduler"],
+        cumulative_probability=None,
+    ),
+    literal=True,
+).text
+_CAPPED = latest_beliefs_sql(
+    BeliefQuery(sensor_ids=Sql("ARRAY[:lc]"), start=Sql(":since"), end=Sql(":until")), literal=True
+).text
+
 _NOT_FOLLOWING = f"""
 WITH devices AS (
     SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:limits AS float8[])) AS d(sensor_id, limit_kw)
@@ -171,18 +188,11 @@ WITH devices AS (
     SELECT l.sensor_id, to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900) AS bucket,
         avg(l.event_value) AS kw
     FROM (
-        SELECT DISTINCT ON (tb.sensor_id, tb.event_start) tb.sensor_id, tb.event_start, tb.event_value
-        FROM timed_belief tb JOIN data_source ds ON ds.id = tb.source_id AND ds.type = 'scheduler'
-        WHERE tb.sensor_id = ANY (CAST(:ids AS integer[]))
-          AND tb.event_start >= :since AND tb.event_start < :until
-        ORDER BY tb.sensor_id, tb.event_start, tb.belief_horizon, tb.source_id DESC
+{_SCHEDULED}
     ) l
     GROUP BY 1, 2
 ), capped AS (
-    SELECT DISTINCT ON (event_start) event_start, event_value
-    FROM timed_belief WHERE sensor_id = :lc AND event_start >= :since AND event_start < :until
-      AND cumulative_probability = 0.5
-    ORDER BY event_start, belief_horizon, source_id DESC
+{_CAPPED}
 )
 INSERT INTO {TABLE} (sensor_id, rule, event_start, value, detail)
 SELECT r.sensor_id, 'not_following', r.bucket, r.value,

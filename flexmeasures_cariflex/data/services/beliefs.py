@@ -24,6 +24,8 @@ from flexmeasures.data.models.data_sources import DataSource
 from flexmeasures.data.models.time_series import Sensor, TimedBelief
 from sqlalchemy import text
 
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, values_per_sensor
+
 _INSERT_BELIEFS = text(
     f"""
     INSERT INTO {TimedBelief.__tablename__}
@@ -35,17 +37,6 @@ _INSERT_BELIEFS = text(
     ) AS rows (event_start, belief_horizon, event_value, sensor_id)
     ON CONFLICT (event_start, belief_horizon, cumulative_probability, sensor_id, source_id)
     DO UPDATE SET event_value = EXCLUDED.event_value
-    """
-)
-
-_LATEST_VALUES = text(
-    f"""
-    SELECT DISTINCT ON (sensor_id, event_start) sensor_id, event_start, event_value
-    FROM {TimedBelief.__tablename__}
-    WHERE sensor_id = ANY(CAST(:sensor_ids AS integer[]))
-      AND event_start >= :start AND event_start < :end
-      AND (CAST(:source_id AS integer) IS NULL OR source_id = :source_id)
-    ORDER BY sensor_id, event_start, belief_horizon ASC
     """
 )
 
@@ -137,21 +128,19 @@ def latest_values(
     """The most recent belief's value per sensor id and event start in [start, end), of ``source``
     or any source.
 
-    For one sensor and event, the most recent belief is the one with the shortest horizon.
+    The rules are those of the one reader (``data/queries/latest_beliefs.py``): the newest belief
+    wins, ties go to the higher source id.
     """
-    rows = db.session.execute(
-        _LATEST_VALUES,
-        {
-            "sensor_ids": [s.id for s in sensors],
-            "start": start,
-            "end": end,
-            "source_id": None if source is None else source.id,
-        },
-    ).all()
-    found: dict[int, dict[datetime, float]] = {s.id: {} for s in sensors}
-    for sensor_id, event_start, value in rows:
-        found[sensor_id][event_start] = value
-    return found
+    return values_per_sensor(
+        db.session,
+        BeliefQuery(
+            sensor_ids=[s.id for s in sensors],
+            start=start,
+            end=end,
+            source_ids=None if source is None else [source.id],
+            cumulative_probability=None,  # any row; this plugin writes deterministic beliefs only
+        ),
+    )
 
 
 def changed_sensors(values: Mapping[Sensor, Mapping[datetime, float]]) -> list[str]:

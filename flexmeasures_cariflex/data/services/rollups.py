@@ -7,13 +7,13 @@ sorts them for "latest belief per event" (~400 ms); the same panel from 15-minut
 triggers on ``timed_belief`` (INSERT, UPDATE, DELETE, with transition tables), and fills the
 table from what is already stored when it first creates it.
 
-A row: the average over a 15-minute bucket of the latest belief per event (shortest horizon, as
-the dashboard's raw queries pick it) of one sensor, from every source but the scheduler (``kind``
-0; the column leaves room for other kinds), leaving out a latest belief outside the sensor's
-physical bounds (``cariflex_sensor_bounds``, see alerts.py). Schedules are not rolled up: no
-week-long panel shows them, and a re-plan (28,800 rows) would pay ~0.35 s for it. Each other
-write to ``timed_belief`` recomputes just the buckets of the sensors it touched, in the same
-transaction.
+A row: the average over a 15-minute bucket of the latest belief per event (the rules of
+``data/queries/latest_beliefs.py``, as the dashboard's raw queries pick it) of one sensor, from
+every source but the scheduler (``kind`` 0; the column leaves room for other kinds), leaving out a
+latest belief outside the sensor's physical bounds (``cariflex_sensor_bounds``, see alerts.py).
+Schedules are not rolled up: no week-long panel shows them, and a re-plan (28,800 rows) would pay
+~0.35 s for it. Each other write to ``timed_belief`` recomputes just the buckets of the sensors it
+touched, in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +21,21 @@ from __future__ import annotations
 from flexmeasures.data import db
 from sqlalchemy import text
 
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, Sql, latest_beliefs_sql
+
 TABLE = "cariflex_rollup_15min"
+
+# The latest measured belief per event in the function's buckets: the one reader's definition,
+# rendered for plpgsql (its variables in place of bind parameters).
+_LATEST = latest_beliefs_sql(
+    BeliefQuery(
+        sensor_ids=Sql("p_sensor_ids"),
+        start=Sql("first_bucket"),
+        end=Sql("last_bucket"),
+        exclude_source_types=["scheduler"],
+    ),
+    literal=True,
+).text
 
 _DDL = f"""
 -- Physical bounds per sensor (alerts.py writes them from the fleet): readings outside never
@@ -51,17 +65,10 @@ BEGIN
     DELETE FROM {TABLE}
     WHERE sensor_id = ANY (p_sensor_ids) AND bucket >= first_bucket AND bucket < last_bucket;
     INSERT INTO {TABLE} (sensor_id, kind, bucket, value)
-    SELECT l.sensor_id, l.kind, to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900),
+    SELECT l.sensor_id, 0::smallint, to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900),
         avg(l.event_value)
     FROM (
-        SELECT DISTINCT ON (tb.sensor_id, tb.event_start)
-            tb.sensor_id, 0::smallint AS kind, tb.event_start, tb.event_value
-        FROM timed_belief tb
-        WHERE tb.sensor_id = ANY (p_sensor_ids)
-          AND tb.event_start >= first_bucket AND tb.event_start < last_bucket
-          AND tb.cumulative_probability = 0.5
-          AND tb.source_id NOT IN (SELECT id FROM data_source WHERE type = 'scheduler')
-        ORDER BY tb.sensor_id, tb.event_start, tb.belief_horizon, tb.source_id DESC
+{_LATEST}
     ) l
     LEFT JOIN cariflex_sensor_bounds b ON b.sensor_id = l.sensor_id
     WHERE b.sensor_id IS NULL
