@@ -135,7 +135,7 @@ def main() -> None:
             database.drop_database(url)
     compute_s, store_s = sorted(computed)[len(computed) // 2], sorted(stored)[len(stored) // 2]
     print_result(
-        "statistics",
+        "site_statistics",
         {
             "rows": rows,
             "days": len(result["days"]),
