@@ -20,9 +20,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
+from cariflex.contracts.openadr_event import LOAD_CONTROL, ContractError, Interval
+from cariflex.contracts.s2_device import DeviceStatus, FleetStatus, Setpoints
 from cariflex.fleet import Fleet
+from cariflex.json_input import clip, quote
 from cariflex.site_model import sensor_names
 from cem.ports import StateStore
 from cem.schedule_follower import ScheduleFollower
@@ -58,24 +62,45 @@ def allocate(devices: list[Flex], cap_kw: float | None) -> tuple[dict[str, float
     return targets, max(0.0, excess - total_room)
 
 
+_logged_problems: set[str] = set()
+
+
+def _unusable(what: str, problem: str) -> None:
+    """A bad stored entry is skipped, never stops a control round; logged once per problem."""
+    key = f"{what}: {problem}"
+    if key in _logged_problems or len(_logged_problems) >= UNKNOWN_LOGGED_MAX:
+        return
+    _logged_problems.add(key)
+    log.error("stored entry unusable; ignored", extra={"fields": {"what": what, "error": clip(problem, 300)}})
+
+
+def _intervals(event: Any, where: str = "load_control_events") -> list[Interval]:
+    """The load-control intervals of an event (outbox state ``load_control_events``, or a part the
+    VEN is about to answer), each read through the contract; an unusable one is logged and
+    skipped."""
+    raw = event.get("intervals") if isinstance(event, dict) else None
+    if not isinstance(raw, list):
+        _unusable(where, f"{quote(event)} has no list of intervals")
+        return []
+    out = []
+    for index, item in enumerate(raw):
+        try:
+            out.append(Interval.from_dict(item, f"intervals[{index}]", LOAD_CONTROL))
+        except ContractError as exc:
+            _unusable(where, str(exc))
+    return out
+
+
 def load_control_level(events: dict[str, dict], now: datetime) -> float | None:
     """The lowest capacity fraction any active, not cancelled load-control event sets now."""
     levels = []
-    for event in events.values():
-        if event.get("status") == "cancelled":
+    for event_id, event in events.items():
+        if isinstance(event, dict) and event.get("status") == "cancelled":
             continue
-        for interval in event.get("intervals", []):
-            start = datetime.fromisoformat(interval["start"])
-            end = start + _duration(interval["duration"])
-            if start <= now < end:
-                levels.append(float(interval["value"]))
+        for interval in _intervals(event, f"load-control event {clip(str(event_id), 100)}"):
+            if interval.start <= now < interval.end:
+                levels.append(float(interval.value))
     return min(levels) if levels else None
-
-
-def _duration(text: str) -> timedelta:
-    import isodate
-
-    return isodate.parse_duration(text)
 
 
 class FleetController:
@@ -124,9 +149,8 @@ class FleetController:
         fills = {n: s.fill_level for n, s in self.cem.devices.items() if s.fill_level is not None}
         powers = {n: (s.power_w or 0.0) / 1000 for n, s in self.cem.devices.items()}
         batteries = {b.name: b for b in self.fleet.batteries}
-        for interval in event["intervals"]:
-            begin = datetime.fromisoformat(interval["start"])
-            end = begin + _duration(interval["duration"])
+        for interval in _intervals(event, "load-control event to answer"):
+            begin, end = interval.start, interval.end
             if end <= now:
                 continue
             start = max(begin, now)
@@ -141,14 +165,14 @@ class FleetController:
             flex = fleet_flexibility(
                 self.fleet, projected, powers, start, (end - start).total_seconds() / 3600
             )
-            feasible, why = can_meet_cap(flex, float(interval["value"]) * self.capacity_kw)
+            feasible, why = can_meet_cap(flex, float(interval.value) * self.capacity_kw)
             if not feasible:
                 return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}"
         return True, "the fleet can hold every cap of the event"
 
     def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
         scheduled = self.follower.setpoints(now) if self.follower else {}
-        setpoints = {**scheduled, **self.outbox.get_state("setpoints", {})}  # the operator's win
+        setpoints = {**scheduled, **self.operator_setpoints()}  # the operator's win
         level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
         cap = None if level is None else level * self.capacity_kw
         flex = []
@@ -165,6 +189,15 @@ class FleetController:
             flex.append(Flex(name, wanted, self._min_kw(name)))
         targets, shortfall = allocate(flex, cap)
         return targets, shortfall, cap
+
+    def operator_setpoints(self) -> dict[str, float]:
+        """``cariflex-ven setpoint``'s (outbox state ``setpoints``); unusable ones are logged and
+        ignored (the schedule and the caps still apply)."""
+        try:
+            return dict(Setpoints.from_dict(self.outbox.get_state("setpoints", {})).kw)
+        except ContractError as exc:
+            _unusable("operator setpoints", str(exc))
+            return {}
 
     async def step(self) -> None:
         now = datetime.now(UTC)
@@ -232,22 +265,15 @@ class FleetController:
         return False
 
     def status(self) -> dict:
-        return {
-            "connected": sum(d.connected for d in self.cem.devices.values()),
-            "under_frbc": sum(d.controllable for d in self.cem.devices.values()),
-            "cap_kw": self.cap_kw,
-            "shortfall_kw": round(self.shortfall_kw, 3),
-            "dropped_measurements": self.dropped,
-            "devices": {
-                n: {
-                    "power_kw": None if d.power_w is None else round(d.power_w / 1000, 3),
-                    "fill_kwh": d.fill_level,
-                    "setpoint_kw": d.setpoint_kw,
-                    "connected": d.connected,
-                }
-                for n, d in sorted(self.cem.devices.items())
-            },
-        }
+        """The report ``cariflex-ven status`` shows (outbox state ``s2``; contract ``FleetStatus``)."""
+        return FleetStatus(
+            connected=sum(d.connected for d in self.cem.devices.values()),
+            under_frbc=sum(d.controllable for d in self.cem.devices.values()),
+            cap_kw=self.cap_kw,
+            shortfall_kw=round(self.shortfall_kw, 3),
+            dropped_measurements=self.dropped,
+            devices={n: DeviceStatus.of(d) for n, d in sorted(self.cem.devices.items())},
+        ).to_dict()
 
     async def run(self, stopping: asyncio.Event) -> None:
         last_status = 0.0

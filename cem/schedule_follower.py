@@ -8,6 +8,10 @@ names the first period, so the window moves on). The copy lives in the outbox st
 ("schedule"): after a restart, or while FlexMeasures is unreachable, the devices keep following
 the last schedule until it runs out.
 
+What travels is the contract ``cariflex.contracts.fleet_schedule`` (the plugin serves
+``FleetSchedule.to_dict()``; the follower reads the answer, and its kept copy, with
+``FleetSchedule.from_dict``: an answer that does not meet it is logged and the last copy kept).
+
 The fleet controller reads ``setpoints(now)``; an operator's ``cariflex-ven setpoint`` overrides a
 device's scheduled value, and an active load-control limit still caps the sum on top of both.
 """
@@ -18,43 +22,51 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
+from cariflex.contracts.fleet_schedule import PERIOD, ContractError, FleetSchedule
+from cariflex.json_input import clip
 from cem.ports import ScheduleSource, StateStore
 
 log = logging.getLogger("cariflex.ven.schedule")
 
 STATE_KEY = "schedule"
-PERIOD = timedelta(minutes=15)
 
 
 def period_start(now: datetime) -> datetime:
     return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
 
 
+def _read(schedule: Any) -> FleetSchedule | None:
+    """The copy in outbox state "schedule" (the served schedule plus its ``etag``) through the
+    contract; None when there is none or it is unusable."""
+    if not schedule:
+        return None
+    try:
+        return FleetSchedule.from_dict(schedule)
+    except ContractError as exc:
+        log.error("kept schedule unusable; ignored", extra={"fields": {"error": clip(str(exc), 300)}})
+        return None
+
+
 def scheduled_setpoints(schedule: dict | None, now: datetime) -> dict[str, float]:
     """kW per device for the period holding ``now`` (charging positive); none outside the copy."""
-    if not schedule or not schedule.get("devices"):
-        return {}
-    start = datetime.fromisoformat(schedule["start"])
-    index = int((now - start) // PERIOD)
-    out = {}
-    for name, values in schedule["devices"].items():
-        if 0 <= index < len(values) and values[index] is not None:
-            out[name] = float(values[index])
-    return out
+    parsed = _read(schedule)
+    return parsed.setpoints(now) if parsed is not None else {}
 
 
 class ScheduleFollower:
     def __init__(self, client: ScheduleSource, outbox: StateStore, *, poll_s: float = 2.0, hours: float = 4):
         self.client, self.outbox, self.poll_s, self.hours = client, outbox, poll_s, hours
         self.changed = asyncio.Event()  # set when a new schedule (or window) arrived
-        self._schedule: dict = outbox.get_state(STATE_KEY) or {}
-        self._etag: str | None = self._schedule.get("etag")
+        self._schedule: dict = outbox.get_state(STATE_KEY) or {}  # as served, plus its etag
+        self._parsed: FleetSchedule | None = _read(self._schedule)
+        self._etag: str | None = self._schedule.get("etag") if self._parsed is not None else None
         self._failing = False
 
     def setpoints(self, now: datetime) -> dict[str, float]:
-        return scheduled_setpoints(self._schedule, now)
+        return self._parsed.setpoints(now) if self._parsed is not None else {}
 
     def fetch(self) -> bool:
         """One conditional GET; True when a new copy was stored."""
@@ -72,18 +84,16 @@ class ScheduleFollower:
             return False
         try:
             schedule = json.loads(answer.text)
-            datetime.fromisoformat(schedule["start"])
-            devices = schedule["devices"]
-            if not isinstance(devices, dict):
-                raise TypeError("devices is not an object")
-        except (ValueError, KeyError, TypeError) as exc:
+            parsed = FleetSchedule.from_dict(schedule)
+        except ValueError as exc:  # not JSON, or not the contract (ContractError is a ValueError)
             log.error(
                 "schedule answer unusable", extra={"fields": {"error": str(exc), "answer": answer.text[:300]}}
             )
             return False
         self._recovered()
-        new_version = schedule.get("version") != self._schedule.get("version")
+        new_version = parsed.version != (self._parsed.version if self._parsed is not None else None)
         self._schedule = {**schedule, "etag": answer.etag}
+        self._parsed = parsed
         self.outbox.set_state(STATE_KEY, self._schedule)
         self._etag = answer.etag
         if new_version:
@@ -91,10 +101,10 @@ class ScheduleFollower:
                 "new fleet schedule",
                 extra={
                     "fields": {
-                        "version": schedule.get("version"),
-                        "start": schedule["start"],
-                        "devices": len(devices),
-                        "breaches": len(schedule.get("breaches") or []),
+                        "version": parsed.version,
+                        "start": parsed.start.isoformat(),
+                        "devices": len(parsed.devices),
+                        "breaches": len(parsed.breaches),
                     }
                 },
             )

@@ -122,22 +122,19 @@ FROM (
 GROUP BY 1
 ORDER BY 1"""
 
-SCHEDULE_VS_ACTUAL = (
-    """SELECT $__timeGroupAlias(l.event_start, $__interval), l.kind AS metric, avg(l.event_value) AS value
+SCHEDULE_VS_ACTUAL = f"""SELECT $__timeGroupAlias(l.event_start, $__interval), l.kind AS metric,
+  avg(l.event_value) AS value
 FROM (
-  SELECT DISTINCT ON (ds.type = 'scheduler', tb.event_start)
-    CASE WHEN ds.type = 'scheduler' THEN 'schedule' ELSE 'actual' END AS kind, tb.event_start, tb.event_value
-  FROM timed_belief tb JOIN data_source ds ON ds.id = tb.source_id
-  WHERE tb.sensor_id IN ("""
-    + SITE_SENSORS.format(names="s.name = '${device}_power'")
-    + """)
-    AND tb.cumulative_probability = 0.5
-    AND $__timeFilter(tb.event_start)
-  ORDER BY ds.type = 'scheduler', tb.event_start, tb.belief_horizon, tb.source_id DESC
+  SELECT 'schedule' AS kind, m.event_start, m.event_value FROM (
+  {latest("${device}_power", values="schedule")}
+  ) m
+  UNION ALL
+  SELECT 'actual' AS kind, m.event_start, m.event_value FROM (
+  {latest("${device}_power")}
+  ) m
 ) l
 GROUP BY 1, 2
 ORDER BY 1, 2"""
-)
 
 EVENTS = """SELECT e.key AS "event", e.value ->> 'signal' AS "signal", e.value ->> 'status' AS "status",
   (e.value ->> 'modification_number')::int AS "modification",

@@ -185,6 +185,19 @@ def _age(at: float | None) -> str:
     return "never" if not at else f"{time.time() - at:.1f} s ago"
 
 
+def _s2_report(report: Any) -> dict[str, Any]:
+    """The CEM's report (outbox state "s2") through its contract; {} when there is none yet, and
+    ``{"error": ...}`` when it is unusable."""
+    from cariflex.contracts.s2_device import ContractError, FleetStatus
+
+    if not report:
+        return {}
+    try:
+        return FleetStatus.from_dict(report).to_dict()
+    except ContractError as exc:
+        return {"error": f"the CEM's report is unusable: {exc}"}
+
+
 def _status(state: str | None) -> dict[str, Any]:
     from ven_bridge.outbox import Outbox
 
@@ -199,7 +212,7 @@ def _status(state: str | None) -> dict[str, Any]:
             "poll_seconds": registration.get("poll_seconds"),
             "last_vtn_contact_at": contact.get("at"),
             "last_post_at": post.get("at"),
-            "s2": outbox.get_state("s2") or {},
+            "s2": _s2_report(outbox.get_state("s2")),
             "schedule": {
                 k: v
                 for k, v in (outbox.get_state("schedule") or {}).items()
@@ -236,6 +249,7 @@ def status(state_dir, as_json, check) -> None:
             f"last FlexMeasures post: {_age(data['last_post_at'])}\n"
             f"delivered: {data['delivered']}\n"
             f"S2: {data['s2'].get('under_frbc', 0)} device(s) under FRBC control"
+            + (f" ({data['s2']['error']})" if "error" in data["s2"] else "")
             + (
                 f", load-control cap {data['s2']['cap_kw']:.0f} kW, shortfall {data['s2']['shortfall_kw']} kW"
                 if data["s2"].get("cap_kw") is not None
@@ -256,6 +270,7 @@ def status(state_dir, as_json, check) -> None:
 @click.option("--fleet", "fleet_file", default=None)
 def setpoint(device, kw, clear, state_dir, fleet_file) -> None:
     """Set DEVICE's power in kW (charging positive); the running VEN's CEM applies it within a second."""
+    from cariflex.contracts.s2_device import ContractError, Setpoints
     from ven_bridge.outbox import Outbox
 
     try:
@@ -269,12 +284,16 @@ def setpoint(device, kw, clear, state_dir, fleet_file) -> None:
         raise click.UsageError("give KW, or --clear")
     box = Outbox(state_path(state_dir))
     try:
-        setpoints = box.get_state("setpoints", {})
-        if clear:
-            setpoints.pop(device, None)
-        else:
-            setpoints[device] = kw
-        box.set_state("setpoints", setpoints)
+        try:
+            setpoints = Setpoints.from_dict(box.get_state("setpoints", {}))
+        except ContractError as exc:  # the CEM ignores them all as they are: start afresh
+            click.echo(f"Warning: the stored setpoints are unusable ({exc}); they are replaced.", err=True)
+            setpoints = Setpoints()
+        try:
+            setpoints = setpoints.without(device) if clear else setpoints.with_setpoint(device, kw)
+        except ContractError as exc:
+            raise click.ClickException(str(exc)) from None
+        box.set_state("setpoints", setpoints.to_dict())
     finally:
         box.close()
     click.echo(f"{device}: {'no setpoint' if clear else f'{kw:g} kW'}")

@@ -15,9 +15,9 @@ What any VTN may send, and what becomes of it:
   hour); prices on whole hours, or finer prices (e.g. 15 minutes) that make up whole hours, which
   are averaged per hour (the plugin keeps one price per hour). Anything else is opted out.
 
-The normalised event is the contract with the plugin's ``POST /api/cariflex/v1/openadr/events``:
-``event_id, modification_number, status, modification_date_time, signal_name, signal_type,
-item_base, intervals[{start, duration, value}]`` (ISO 8601 times and durations).
+The normalised event is the contract with the plugin's ``POST /api/cariflex/v1/openadr/events``
+(``cariflex.contracts.openadr_event``): every part is built through it, so a part the plugin would
+refuse (422) is opted out of here, with the contract's reason, instead of dead-lettered later.
 """
 
 from __future__ import annotations
@@ -29,16 +29,25 @@ from typing import Any
 
 import isodate
 
-PRICE_SIGNALS = {("ENERGY_PRICE", "price"), ("ELECTRICITY_PRICE", "price")}
-LOAD_SIGNALS = {("LOAD_CONTROL", "x-loadControlCapacity")}
+from cariflex.contracts.openadr_event import (
+    LOAD_CONTROL,
+    PRICE,
+    SIGNALS,
+    STORED_ON,
+    ContractError,
+    OpenAdrEvent,
+)
+
+PRICE_SIGNALS = {signal for signal, kind in SIGNALS.items() if kind == PRICE}
+LOAD_SIGNALS = {signal for signal, kind in SIGNALS.items() if kind == LOAD_CONTROL}
 SUPPORTED = PRICE_SIGNALS | LOAD_SIGNALS
 # What FlexMeasures' consumption_price (EUR/MWh) can take: a price per kWh in EUR.
 PRICE_ITEM_BASES = {"currencyPerKWh"}
 PRICE_CURRENCIES = {"EUR"}
 PRICE_SCALES = {None, "none"}  # the plugin stores EUR/MWh from plain EUR/kWh only
 # The resolutions of the plugin's sensors: consumption_price 1 h, load_control_signal 15 min.
-PRICE_STEP = timedelta(hours=1)
-LOAD_STEP = timedelta(minutes=15)
+PRICE_STEP = STORED_ON[PRICE][1]
+LOAD_STEP = STORED_ON[LOAD_CONTROL][1]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PART_SEPARATOR = "#"
 
@@ -219,17 +228,20 @@ def decide(event: dict[str, Any], resources: set[str]) -> Decision:
             return _out(f"more than one {kind} signal in one event")
         kinds.add(kind)
         notes += [note] if note else []
-        parts.append(
-            {
-                "event_id": str(event_id)
-                if len(signals) == 1
-                else f"{event_id}{PART_SEPARATOR}{fields['signal_name']}",
-                "modification_number": int(descriptor.get("modification_number") or 0),
-                "status": descriptor.get("event_status"),
-                "modification_date_time": _iso(modified),
-                **fields,
-            }
-        )
+        part = {
+            "event_id": str(event_id)
+            if len(signals) == 1
+            else f"{event_id}{PART_SEPARATOR}{fields['signal_name']}",
+            "modification_number": int(descriptor.get("modification_number") or 0),
+            "status": descriptor.get("event_status"),
+            "modification_date_time": _iso(modified),
+            **fields,
+        }
+        try:  # what FlexMeasures would refuse with a 422 is opted out of now, with its reason
+            part = OpenAdrEvent.from_dict(part).to_dict()
+        except ContractError as exc:
+            return _out(str(exc) if len(signals) == 1 else f"signal {signal.get('signal_name')}: {exc}")
+        parts.append(part)
     names = ", ".join(f"{p['signal_name']}/{p['signal_type']}" for p in parts)
     reason = f"supported signal{'s' if len(parts) > 1 else ''} {names}, valid payload"
     return Decision("optIn", "; ".join([reason, *notes]), tuple(parts))

@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 from openleadr import OpenADRClient
 
+from cariflex.contracts.openadr_event import ContractError, OpenAdrEvent
+from cariflex.json_input import clip
 from ven_bridge.dr_report import DrVerificationFollower
 from ven_bridge.outbox import Outbox
 from ven_bridge.policy import Decision, belongs_to, decide, part_key
@@ -197,16 +199,22 @@ class CariflexVen:
         modified = descriptor.get("modification_date_time")
         changed = False
         for part_id, earlier in list(events.items()):
-            if part_id in keep or not belongs_to(part_id, event_id) or earlier.get("status") == "cancelled":
+            if part_id in keep or not belongs_to(part_id, event_id):
                 continue
-            withdrawn = {
-                **earlier,
-                "status": "cancelled",
-                "modification_number": int(descriptor.get("modification_number") or 0),
-                "modification_date_time": modified.isoformat()
-                if isinstance(modified, datetime)
-                else earlier["modification_date_time"],
-            }
+            try:
+                stored = OpenAdrEvent.from_dict(earlier)
+            except ContractError as exc:  # not ours to lift (nor could FlexMeasures take it): say so
+                log.error(
+                    "stored load-control event unusable; not withdrawn",
+                    extra={"fields": {"event_id": clip(part_id, 100), "error": str(exc)}},
+                )
+                continue
+            if stored.cancelled:
+                continue
+            withdrawn = stored.withdrawn(
+                int(descriptor.get("modification_number") or 0),
+                modified if isinstance(modified, datetime) else None,
+            ).to_dict()
             self.outbox.add("event", part_key(withdrawn), withdrawn)
             events[part_id] = withdrawn
             changed = True

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import isodate
-
+from cariflex import inputs
+from cariflex.inputs import InputError  # the VTN's modules (cli, actions, admin_api, ...) import it from here
 from cariflex.site_model import PRICE_RANGE_EUR_PER_MWH
 
 SITE_TZ = ZoneInfo("America/Martinique")
@@ -22,9 +22,9 @@ HOUR = timedelta(hours=1)
 QUARTER = timedelta(minutes=15)
 PRICE_INTERVALS = 24
 MAX_YEARS_AWAY = 10
-MAX_LOAD_CONTROL = timedelta(days=7)
+MAX_LOAD_CONTROL = inputs.MAX_DURATION
 # Ramp-up, notification and recovery periods: longer ones are typing errors (P800000D overflowed).
-MAX_PERIOD = timedelta(days=7)
+MAX_PERIOD = inputs.MAX_DURATION
 # Prices the operator may enter, in EUR/MWh (the unit is converted first): the site-wide range.
 PRICE_RANGE_MWH = PRICE_RANGE_EUR_PER_MWH
 
@@ -41,10 +41,6 @@ MARKET_CONTEXT = "http://cariflex.example/programs/martinique"
 # currencyPerThm), so prices travel as currency per kWh and the VEN converts back.
 PRICE_UNITS = {"MWh": 1e-3, "kWh": 1.0}
 CURRENCIES = ("EUR", "USD")
-
-
-class InputError(ValueError):
-    """Bad operator input; the message names the input and the problem."""
 
 
 class NotFound(LookupError):
@@ -129,25 +125,9 @@ def check_start(start: datetime, *, now: datetime, allow_past: bool, align: time
 def parse_duration(
     text: str | timedelta | None, name: str, *, required: bool = True, maximum: timedelta = MAX_PERIOD
 ) -> timedelta | None:
-    """A positive ISO 8601 duration in days, hours, minutes or seconds (e.g. PT4H, PT30M)."""
-    if text is None or text == "":
-        if required:
-            raise InputError(f"{name} is missing; give an ISO 8601 duration such as PT4H")
-        return None
-    if isinstance(text, timedelta):
-        value = text
-    else:
-        try:
-            value = isodate.parse_duration(str(text).strip())
-        except (isodate.ISO8601Error, ValueError, OverflowError):
-            raise InputError(f"{name} {text!r} is not an ISO 8601 duration (e.g. PT4H, PT30M)") from None
-        if not isinstance(value, timedelta):
-            raise InputError(f"{name} {text!r}: use days, hours or minutes, not months or years")
-    if value <= timedelta(0):
-        raise InputError(f"{name} {text!r} must be a positive duration")
-    if value > maximum:
-        raise InputError(f"{name} {text!r} is longer than {maximum.days} days")
-    return value
+    """A positive ISO 8601 duration in days, hours, minutes or seconds (e.g. PT4H, PT30M): the
+    shared rule, ``cariflex.inputs.duration``."""
+    return inputs.duration(text, name, required=required, maximum=maximum)
 
 
 def parse_numbers(values: list, name: str) -> list[float]:
@@ -263,13 +243,9 @@ def load_control_draft(
     now = now or datetime.now(UTC)
     begin = parse_time(start)
     check_start(begin, now=now, allow_past=allow_past, align=QUARTER, name="--start")
-    length = parse_duration(duration, "--duration", maximum=timedelta.max)
-    if length > MAX_LOAD_CONTROL:
-        raise InputError(
-            f"--duration {duration!r} is longer than {MAX_LOAD_CONTROL.days} days; split the event"
-        )
-    if length % QUARTER:
-        raise InputError(f"--duration {duration!r} must be a whole number of 15-minute steps")
+    length = inputs.duration(
+        duration, "--duration", maximum=MAX_LOAD_CONTROL, step=QUARTER, hint="split the event"
+    )
     raw_levels = levels.split(",") if isinstance(levels, str) else list(levels)
     values = parse_numbers(raw_levels, "--levels")
     for index, level in enumerate(values, start=1):

@@ -2,7 +2,7 @@
 
 - ``GET /statistics?day=YYYY-MM-DD|month=YYYY-MM|year=YYYY[&device=bat_01|&group=pv|batteries|evs]``
 - ``GET /flexibility?hours=1``
-- ``GET /dr-verification?since=P7D`` (ISO time or duration back from now)
+- ``GET /dr-verification?since=P7D`` (ISO time or duration back from now, ``cariflex.inputs.since``)
 - ``GET /alerts?since=PT24H[&rule=out_of_bounds|silent|not_following]``
 
 The figures and their methods are those of ``flexmeasures cariflex statistics`` etc. (see
@@ -17,16 +17,15 @@ from datetime import UTC, datetime
 from flask import jsonify, request
 from flask_security import auth_token_required
 
+from cariflex import inputs
 from cariflex.fleet import FleetError
-from cariflex.json_input import quote
-from cariflex.times import parse_since
 from flexmeasures_cariflex.api import cariflex_api_bp
 from flexmeasures_cariflex.api.routes import _message, current_fleet
 from flexmeasures_cariflex.data.services.openadr_ingest import SiteNotReady
 
 
 def _since(name: str, default: str) -> datetime:
-    return parse_since(request.args.get(name, default), name)
+    return inputs.since(request.args.get(name, default), name)
 
 
 def _answer(compute):
@@ -59,13 +58,10 @@ def get_statistics():
 def get_flexibility():
     from flexmeasures_cariflex.data.services.flexibility import current
 
-    raw = request.args.get("hours", "1")
     try:
-        hours = float(raw)
-    except ValueError:
-        return _message(400, f"hours: {quote(raw)} is not a number")
-    if not 0 < hours <= 48:  # also refuses nan and inf
-        return _message(400, f"hours: {quote(raw)} must be more than 0 and at most 48")
+        hours = inputs.hours(request.args.get("hours", "1"))
+    except inputs.InputError as exc:
+        return _message(400, str(exc))
     return _answer(lambda: current(current_fleet(), hours=hours).as_dict())
 
 

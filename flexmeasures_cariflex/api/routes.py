@@ -12,7 +12,8 @@ Authentication: a FlexMeasures auth token (``POST /api/requestAuthToken``) sent 
   422 ``{"message"}`` when the event is refused (nothing written); 503 ``{"message"}`` when the
   site is not set up. 401 / 403 from FlexMeasures' auth handlers.
 - ``GET /sensors``: ``{"sensors": {name: id}}`` for every sensor of the site.
-- ``GET /schedule?hours=4``: the fleet schedule the VEN bridge follows (see ``get_schedule``):
+- ``GET /schedule?hours=4``: the fleet schedule the VEN bridge follows (see ``get_schedule`` and
+  ``cariflex.contracts.fleet_schedule``):
   ``{"version", "ok", "breaches", "start", "resolution": "PT15M", "unit": "kW",
   "devices": {name: [kW per period, charging positive, or null]}}``.
 """
@@ -27,6 +28,7 @@ from flask_security import auth_token_required
 from flexmeasures.auth.decorators import roles_accepted
 from flexmeasures.data import db
 
+from cariflex import inputs
 from cariflex.fleet import Fleet, FleetError, load_fleet
 from cariflex.json_input import JsonInputError, quote
 from flexmeasures_cariflex.api import cariflex_api_bp
@@ -96,20 +98,18 @@ def get_sensors():
 @auth_token_required
 @roles_accepted(VEN_ROLE)
 def get_schedule():
-    """The fleet schedule from the current 15-min period for ``hours`` (default 4, at most 48).
+    """The fleet schedule from the current 15-min period for ``hours`` (default 4; 0.25..48,
+    ``cariflex.inputs.hours``), as the contract ``cariflex.contracts.fleet_schedule`` has it.
 
     ETag = schedule version + first period: a VEN asking with If-None-Match gets 304 until a
     re-plan or the next period boundary.
     """
-    raw = request.args.get("hours", "4")
     try:
-        hours = float(raw)
-    except ValueError:
-        return _message(400, f"hours: {quote(raw)} is not a number")
-    if not 0 < hours <= 48:  # also refuses nan
-        return _message(400, f"hours: {quote(raw)} must be more than 0 and at most 48")
+        hours = inputs.hours(request.args.get("hours", "4"))
+    except inputs.InputError as exc:
+        return _message(400, str(exc))
     try:
-        schedule = current_schedule(current_fleet(), hours)
+        schedule = current_schedule(current_fleet(), hours).to_dict()
     except (LookupError, FleetError) as exc:
         return _message(503, str(exc))
     etag = f'"{schedule["version"]}|{schedule["start"]}|{hours:g}"'

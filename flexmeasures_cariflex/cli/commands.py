@@ -166,7 +166,13 @@ def ingest_event_command(event_file: str, no_replan: bool, fleet_file: str | Non
     default=None,
     help="ISO start, e.g. 2026-11-25T00:00-04:00. Default: next local midnight.",
 )
-@click.option("--horizon", "horizon_text", default="PT24H", show_default=True, help="ISO 8601 duration.")
+@click.option(
+    "--horizon",
+    "horizon_text",
+    default="PT24H",
+    show_default=True,
+    help="ISO 8601 duration, whole 15-minute periods, at most 7 days.",
+)
 @click.option("--dry-run", is_flag=True, help="Compute and print, write nothing.")
 @click.option(
     "--as-job",
@@ -184,18 +190,16 @@ def schedule_command(
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    import isodate
-
+    from cariflex import inputs
+    from cariflex.site_model import QUARTER
     from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
 
     fleet = load_fleet_or_refuse(fleet_file)
     tz = ZoneInfo(fleet.site.timezone)
     try:
-        horizon = isodate.parse_duration(horizon_text)
-    except (isodate.ISO8601Error, ValueError) as exc:
-        refuse(f"--horizon {horizon_text!r} is not an ISO 8601 duration like PT24H ({exc})")
-    if not isinstance(horizon, timedelta):
-        refuse(f"--horizon {horizon_text!r} must be in days/hours/minutes, e.g. PT24H")
+        horizon = inputs.duration(horizon_text, "--horizon", step=QUARTER)
+    except inputs.InputError as exc:
+        refuse(str(exc))
     if start_text:
         try:
             start = datetime.fromisoformat(start_text)

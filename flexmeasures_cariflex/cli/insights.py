@@ -13,6 +13,7 @@ import click
 import pandas as pd
 from flask.cli import with_appcontext
 
+from cariflex import inputs
 from flexmeasures_cariflex import cariflex_bp
 from flexmeasures_cariflex.cli.utils import fleet_option, load_fleet_or_refuse, refuse, writing
 
@@ -22,11 +23,9 @@ def _json(data) -> None:
 
 
 def _since(text: str) -> datetime:
-    from cariflex.times import parse_since
-
     try:
-        return parse_since(text, "--since")
-    except ValueError as exc:
+        return inputs.since(text, "--since")
+    except inputs.InputError as exc:
         refuse(str(exc))
 
 
@@ -95,7 +94,14 @@ def statistics_command(day, month, year, device, group, store, as_json, fleet_fi
 
 
 @cariflex_bp.cli.command("flexibility")
-@click.option("--hours", type=click.FloatRange(min=0.25, max=48), default=1.0, show_default=True)
+@click.option(
+    "--hours",
+    type=str,  # the text as typed: the rule reads it
+    default="1",
+    show_default=True,
+    callback=inputs.click_callback(inputs.hours),
+    help="Look-ahead, 0.25..48 h.",
+)
 @click.option("--store", is_flag=True, help="Write the fleet figures to fleet_flexibility_up/down (Grafana).")
 @click.option("--json", "as_json", is_flag=True)
 @fleet_option

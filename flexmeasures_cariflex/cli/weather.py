@@ -10,6 +10,7 @@ import pandas as pd
 from flask.cli import with_appcontext
 from flexmeasures.data import db
 
+from cariflex import inputs
 from flexmeasures_cariflex import cariflex_bp
 from flexmeasures_cariflex.cli.utils import echo_replan, fleet_option, load_fleet_or_refuse, refuse, writing
 
@@ -34,19 +35,17 @@ def _utc(text: str, option: str, tz: str) -> datetime:
 
 def _backfill_start(fleet, now: datetime) -> datetime:
     """From the last irradiance measurement stored (at most 7 days back), else 2 days back."""
-    from flexmeasures.data.models.time_series import TimedBelief
-    from sqlalchemy import func, select
-
+    from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, last_event_per_sensor
     from flexmeasures_cariflex.data.queries.site import site_sensors
 
     sensor = site_sensors(fleet).get("irradiance")
     last = None
     if sensor is not None:
-        last = db.session.execute(
-            select(func.max(TimedBelief.event_start)).where(
-                TimedBelief.sensor_id == sensor.id, TimedBelief.belief_horizon <= timedelta(0)
-            )
-        ).scalar_one()
+        measured = BeliefQuery(  # measurements only: beliefs formed at or after their event
+            sensor_ids=[sensor.id], horizons_at_most=timedelta(0), cumulative_probability=None
+        )
+        found = last_event_per_sensor(db.session, measured).get(sensor.id)
+        last = found.event_start if found else None
     if last is None:
         return now - DEFAULT_BACKFILL
     return max(pd.Timestamp(last).tz_convert("UTC").to_pydatetime(), now - BACKFILL_LIMIT)
@@ -127,7 +126,12 @@ def fetch(start_text, end_text, forecast_days, source, as_json, fleet_file) -> N
 
 @cariflex_bp.cli.command("production-price")
 @click.option("--day", "day_text", default=None, help="Local day (YYYY-MM-DD). Default: tomorrow.")
-@click.option("--tariff", type=float, default=None, help="Flat EUR/MWh. Default: $CARIFLEX_FEED_IN_TARIFF.")
+@click.option(
+    "--tariff",
+    default=None,
+    callback=inputs.click_callback(inputs.tariff),
+    help="Flat EUR/MWh, 0..10000. Default: $CARIFLEX_FEED_IN_TARIFF.",
+)
 @click.option(
     "--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="24 hourly prices (EUR/MWh)."
 )
@@ -154,8 +158,6 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
         refuse(f"--day {day_text!r} is not a date like 2026-11-25")
     with writing(PriceRefused, SiteNotReady):
         prices = hourly_prices(csv_file, tariff)
-        if tariff is not None and not 0 <= tariff <= 10_000:
-            raise PriceRefused(f"--tariff {tariff:g} EUR/MWh is outside 0..10000")
         outcome = store_production_prices(fleet, day, prices)
     click.echo(
         f"Production price for {outcome['day']}: {min(prices):g}-{max(prices):g} EUR/MWh, "

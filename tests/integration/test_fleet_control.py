@@ -87,3 +87,96 @@ def test_measurements_leave_as_one_minute_averages(tmp_path):
             "unit": "kWh",
         },
     ]
+
+
+def test_an_unusable_stored_entry_is_skipped_and_never_stops_the_round(tmp_path, caplog, monkeypatch):
+    """load_control_events and setpoints are read through their contracts: a bad entry (which raised
+    and failed the whole control round before) is logged and left out, the rest still applies."""
+    import logging
+
+    from cariflex.fleet import load_fleet
+    from cem import fleet_control
+    from cem.fleet_control import FleetController
+    from cem.server import Cem
+    from ven_bridge.outbox import Outbox
+
+    monkeypatch.setattr(fleet_control, "_logged_problems", set())  # each problem is logged once
+    now = datetime(2030, 3, 1, 18, 30, tzinfo=UTC)
+    start = (now - timedelta(minutes=30)).isoformat()
+
+    def interval(value, begin=start, duration="PT1H"):
+        return {"start": begin, "duration": duration, "value": value}
+
+    events = {
+        "good": {"status": "far", "intervals": [interval(0.6)]},
+        "text": "not an event",
+        "no intervals": {"status": "far"},
+        "bad start": {"status": "far", "intervals": [interval(0.1, begin="soon"), interval(0.7)]},
+        "above 1": {"status": "far", "intervals": [interval(2.0)]},
+        "months": {"status": "far", "intervals": [interval(0.2, duration="P1M")]},
+    }
+    with caplog.at_level(logging.ERROR, logger="cariflex.ven.fleet"):
+        assert load_control_level(events, now) == 0.6
+    logged = {r.fields["what"]: r.fields["error"] for r in caplog.records}
+    assert logged["load-control event bad start"] == "intervals[0].start: 'soon' is not an ISO 8601 date-time"
+    assert logged["load-control event above 1"].startswith("intervals[0].value: 2.0 is outside 0..1")
+    assert logged["load-control event months"].startswith("intervals[0].duration: 'P1M' has no fixed length")
+    assert "has no list of intervals" in logged["load-control event text"]
+
+    box = Outbox(tmp_path)
+    controller = FleetController(load_fleet(), Cem(), box)
+    box.set_state("setpoints", {"bat_01": 20, "ev_01": -7.5})
+    assert controller.operator_setpoints() == {"bat_01": 20, "ev_01": -7.5}
+    box.set_state("setpoints", {"bat_01": "20"})
+    box.set_state("load_control_events", events)
+    assert controller.operator_setpoints() == {}
+    assert controller.targets(now) == ({}, 0.0, 0.6 * controller.capacity_kw)  # the round goes on
+
+
+def test_the_follower_reads_the_schedule_through_its_contract_and_keeps_its_copy(tmp_path, caplog):
+    """An answer that does not meet cariflex.contracts.fleet_schedule (text for kW: float() took
+    it before, and any other text failed every control round) is logged and the copy kept; the
+    copy (as served, plus its etag) is read through the contract after a restart too."""
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from cem.schedule_follower import ScheduleFollower, period_start
+    from ven_bridge.outbox import Outbox
+
+    start = period_start(datetime.now(UTC))
+    served = {
+        "version": "v1",
+        "ok": True,
+        "breaches": [],
+        "start": start.isoformat(),
+        "resolution": "PT15M",
+        "unit": "kW",
+        "devices": {"bat_01": [12.5] * 16, "ev_01": [None] * 16},
+    }
+    unusable = {**served, "version": "v2", "devices": {"bat_01": ["12.5"] * 16}}
+    answers = [(served, '"v1"'), (unusable, '"v2"'), ({**served, "resolution": "PT1H"}, '"v3"')]
+    asked = []
+
+    def get_schedule(hours, etag=None):
+        asked.append(etag)
+        body, tag = answers.pop(0)
+        return SimpleNamespace(status=200, text=json.dumps(body), etag=tag, accepted=True)
+
+    client = SimpleNamespace(get_schedule=get_schedule)
+    box = Outbox(tmp_path)
+    follower = ScheduleFollower(client, box)
+    assert follower.fetch() and follower.setpoints(start) == {"bat_01": 12.5}
+    assert box.get_state("schedule") == {**served, "etag": '"v1"'}
+    with caplog.at_level(logging.ERROR, logger="cariflex.ven.schedule"):
+        assert not follower.fetch() and not follower.fetch()
+    errors = [r.fields["error"] for r in caplog.records if r.getMessage() == "schedule answer unusable"]
+    assert errors == [
+        "devices.bat_01[0]: '12.5' is not a number",
+        "resolution: 'PT1H' is not 'PT15M', the follower's step",
+    ]
+    assert follower.setpoints(start) == {"bat_01": 12.5} and asked == [None, '"v1"', '"v1"']
+    assert ScheduleFollower(client, box).setpoints(start + timedelta(minutes=20)) == {"bat_01": 12.5}
+    box.set_state("schedule", {**served, "unit": "W", "etag": '"v0"'})  # a copy gone bad
+    broken = ScheduleFollower(client, box)
+    assert broken.setpoints(start) == {} and broken._etag is None  # the next fetch asks afresh

@@ -86,7 +86,11 @@ def test_flexibility_from_the_database(cli, fleet, fm_db):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["hours"] == 2.0
     bad = cli("cariflex", "flexibility", "--hours", "0")
-    assert bad.exit_code == 2 and "--hours" in bad.output
+    assert bad.exit_code == 2 and "Error: --hours: '0' must be at least 0.25" in bad.output
+    from flexmeasures_cariflex.data.services.flexibility import FlexibilityError
+
+    with pytest.raises(FlexibilityError, match=r"hours: 0.1 must be at least 0.25 \(one 15-minute period\)"):
+        current(fleet, hours=0.1, now=AFTERNOON)  # (0 < hours <= 48 before)
 
 
 def test_the_ven_opts_out_of_a_cap_the_fleet_cannot_hold_and_logs_why(tmp_path, caplog):

@@ -143,7 +143,7 @@ def test_an_unexpected_error_is_answered_without_details(app, fm_db, token, monk
 
 
 def test_flexibility_hours_must_be_a_positive_finite_number(app, fm_db, token):
-    for hours in ("nan", "inf", "-1", "1e999"):
+    for hours in ("nan", "inf", "-1", "1e999", "0.1"):  # 0.1: less than one 15-minute period
         response = call(
             app, "GET", f"/api/cariflex/v1/flexibility?hours={hours}", headers={"Authorization": token}
         )

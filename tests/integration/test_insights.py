@@ -145,6 +145,8 @@ def test_statistics_over_the_api(app, day, token):
     ("args", "message"),
     [
         (("--day", "10/06/2026"), "day '10/06/2026' is not a day like 2026-11-24"),
+        (("--day", "20260610"), "day '20260610' is not a day like 2026-11-24"),  # date.fromisoformat took it
+        (("--year", "+2026"), "year '+2026' is not a year like 2026"),  # int() took it
         (("--day", DAY, "--month", "2026-06"), "give exactly one of day"),
         (("--day", DAY, "--device", "bat_99"), "device 'bat_99' is not in the fleet"),
     ],
@@ -318,6 +320,10 @@ def test_only_periods_that_have_begun_count(day):
         (("alerts", "--since", ""), "--since: '' is not an ISO time"),
         (("alerts", "--since", "P10000Y"), "--since: 'P10000Y' is not an ISO time"),
         (("dr-verification", "--since", "last week"), "--since: 'last week' is not an ISO time"),
+        # cariflex.inputs.since: no longer pandas' reading of any date-like text, nor the future
+        (("alerts", "--since", "2026/06/10"), "--since: '2026/06/10' is not an ISO time"),
+        (("alerts", "--since", "2099-01-01"), "--since: '2099-01-01' lies in the future"),
+        (("dr-verification", "--since", "2001-01-01"), "--since: '2001-01-01' is more than 10 years ago"),
     ],
 )
 def test_more_bad_inputs_are_refused_by_name(cli, fleet, args, message):
@@ -329,3 +335,7 @@ def test_more_bad_inputs_are_refused_by_name(cli, fleet, args, message):
 def test_the_api_refuses_an_empty_since(app, fleet, token):
     response = call(app, "GET", "/api/cariflex/v1/alerts?since=", headers={"Authorization": token})
     assert response.status_code == 400 and "since: '' is not an ISO time" in response.json["message"]
+    future = call(
+        app, "GET", "/api/cariflex/v1/dr-verification?since=2099-01-01", headers={"Authorization": token}
+    )
+    assert future.status_code == 400 and "since: '2099-01-01' lies in the future" in future.json["message"]

@@ -12,6 +12,7 @@ from flexmeasures.data.models.data_sources import DataSource
 from flexmeasures.data.models.time_series import TimedBelief
 from sqlalchemy import func, select
 
+from cariflex.contracts.fleet_schedule import FleetSchedule
 from flexmeasures_cariflex.config import LP_SOLVER_OPTIONS
 from flexmeasures_cariflex.data.services.replan import replan_now, schedule_status
 from tests.helpers.common import call
@@ -133,15 +134,19 @@ def test_schedule_endpoint_answers_304_until_a_replan_and_refuses_bad_hours(
     settle(app)
     first = get_schedule(app, token)
     assert first.status_code == 200 and first.json["ok"] is True
+    assert FleetSchedule.from_dict(first.json).to_dict() == first.json  # what the follower reads
     assert all(len(v) == 16 and None not in v for v in first.json["devices"].values())
     etag = first.headers["ETag"]
     assert get_schedule(app, token, etag=etag).status_code == 304
     post_event(app, token, prices_from_now(1, [0.5] * 30))
     settle(app)
     assert get_schedule(app, token, etag=etag).status_code == 200
-    for bad in ("0", "-1", "49", "soon"):
+    for bad in ("0", "-1", "49", "soon", "0.1"):  # 0.1: less than one period (accepted before)
         refused = get_schedule(app, token, hours=bad)
         assert refused.status_code == 400 and "hours" in refused.json["message"], bad
+    assert get_schedule(app, token, hours="0.1").json["message"] == (
+        "hours: '0.1' must be at least 0.25 (one 15-minute period) and at most 48"
+    )
 
 
 def test_missing_prices_record_a_refused_replan_and_keep_the_old_schedule(replanning, fm_db, fleet):
@@ -234,9 +239,15 @@ def test_schedule_command_as_job_runs_in_an_rq_worker(replanning, cli, fm_db, fl
         queue.delete(delete_jobs=True)
 
 
-@pytest.mark.parametrize("bad", ["PT0H", "-PT1H", "tomorrow", "P1M"])
-def test_a_bad_configured_horizon_is_a_recorded_refusal(replanning, fm_db, fleet, monkeypatch, bad):
+# P8D and PT20M: the rule of --horizon (cariflex.inputs.duration: at most 7 days, whole periods)
+@pytest.mark.parametrize("bad", ["PT0H", "-PT1H", "tomorrow", "P1M", "P8D", "PT20M"])
+def test_a_bad_configured_horizon_is_a_recorded_refusal(replanning, cli, fm_db, fleet, monkeypatch, bad):
     monkeypatch.setenv("CARIFLEX_SCHEDULE_HORIZON", bad)
     status = replan_now(fleet, force=True)
     assert status["ok"] is False and "CARIFLEX_SCHEDULE_HORIZON" in status["error"] and bad in status["error"]
     assert schedule_versions(fm_db) == 0
+    refused = cli("cariflex", "schedule", "--horizon", bad, "--dry-run")
+    assert (
+        refused.exit_code == 1
+        and f"Error: {status['error'].replace('CARIFLEX_SCHEDULE_HORIZON', '--horizon')}" in refused.output
+    )

@@ -253,6 +253,29 @@ def test_production_price_from_the_tariff_or_a_csv(cli, fleet, fm_db, tmp_path):
     assert belief_count(fm_db) == before
 
 
+@pytest.mark.parametrize(
+    ("tariff", "message"),
+    [
+        ("-1", "--tariff -1 EUR/MWh is outside 0..10000"),
+        ("nan", "--tariff 'nan' is not a number (EUR/MWh)"),
+        ("1_000", "--tariff '1_000' is not a number (EUR/MWh)"),
+        ("20000", "--tariff 20000 EUR/MWh is outside 0..10000"),
+    ],
+)
+def test_a_tariff_follows_the_one_rule_on_the_command_line_and_in_the_setting(
+    cli, fleet, fm_db, monkeypatch, tariff, message
+):
+    """cariflex.inputs.tariff for --tariff (a usage error now, exit 2, as a non-number always was;
+    out of range was exit 1) and for CARIFLEX_FEED_IN_TARIFF."""
+    refused = cli("cariflex", "production-price", "--day", "2030-01-10", "--tariff", tariff)
+    assert refused.exit_code == 2 and f"Error: {message}" in refused.output, refused.output
+    monkeypatch.setenv("CARIFLEX_FEED_IN_TARIFF", tariff)
+    configured = cli("cariflex", "production-price", "--day", "2030-01-10")
+    assert configured.exit_code == 1
+    assert f"Error: {message.replace('--tariff', 'CARIFLEX_FEED_IN_TARIFF')}" in configured.output
+    assert belief_count(fm_db) == 0
+
+
 def test_the_default_fetch_back_fills_from_the_last_measurement(cli, fleet, fm_db):
     now = pd.Timestamp.now(tz="UTC")
     start = (now - pd.Timedelta(hours=30)).floor("h")

@@ -289,3 +289,35 @@ def test_outbox_commands_show_requeue_and_discard_dead_letters(tmp_path):
     box = Outbox(tmp_path)
     assert [e.dedupe_key for e in box.pending()] == ["event:x:0", "m:bat_01_power:0"]
     assert box.dead_letters() == []
+
+
+def test_the_setpoint_command_writes_the_contract_and_refuses_what_is_not_a_number(tmp_path):
+    """cariflex-ven setpoint writes Setpoints(...).to_dict(); NaN and infinity were written before
+    and are refused now; cariflex-ven status reads the CEM's report through FleetStatus."""
+    from ven_bridge.cli import cli
+
+    runner = CliRunner()
+    state = ["--state-dir", str(tmp_path)]
+    assert runner.invoke(cli, ["setpoint", "bat_01", "20", *state]).output == "bat_01: 20 kW\n"
+    assert runner.invoke(cli, ["setpoint", "ev_01", "-7.5", *state]).exit_code == 0
+    for bad in ("nan", "inf", "-inf"):
+        refused = runner.invoke(cli, ["setpoint", "ev_02", bad, *state])
+        assert refused.exit_code == 1 and "Error: setpoints.ev_02: " in refused.output, refused.output
+        assert "is not a finite number" in refused.output
+    assert runner.invoke(cli, ["setpoint", "ev_01", "--clear", *state]).exit_code == 0
+    box = Outbox(tmp_path)
+    try:
+        assert box.get_state("setpoints") == {"bat_01": 20.0}
+        box.set_state("setpoints", {"bat_01": "20"})  # unusable: the CEM ignores it, the command replaces it
+        box.set_state("s2", {"connected": -1})
+    finally:
+        box.close()
+    replaced = runner.invoke(cli, ["setpoint", "bat_02", "5", *state])
+    assert replaced.exit_code == 0 and "the stored setpoints are unusable" in replaced.output
+    status = json.loads(runner.invoke(cli, ["status", "--json", *state]).output)
+    assert status["s2"]["error"].startswith("the CEM's report is unusable: s2: missing field(s) under_frbc")
+    box = Outbox(tmp_path)
+    try:
+        assert box.get_state("setpoints") == {"bat_02": 5.0}
+    finally:
+        box.close()

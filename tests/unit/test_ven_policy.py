@@ -218,3 +218,40 @@ def test_a_modification_without_its_load_control_signal_lifts_the_limit(tmp_path
         ("event:evt-1#LOAD_CONTROL:1", "cancelled"),  # after it: the limit is lifted
     ]
     assert box.get_state("load_control_events")["evt-1#LOAD_CONTROL"]["status"] == "cancelled"
+
+
+def test_a_part_flexmeasures_would_refuse_is_opted_out_with_the_contract_s_reason():
+    """Each part is built through cariflex.contracts.openadr_event: what the plugin would answer
+    with a 422 (and the outbox dead-letter) is opted out of at once, with the plugin's words."""
+    beyond = decide(event(values=[0.1, 200.0]), RESOURCES)  # 200 EUR/kWh: outside the site range
+    assert (beyond.opt, beyond.parts) == ("optOut", ())
+    assert beyond.reason.startswith("intervals[1].value: 200 EUR/kWh is outside -10..100")
+    no_status = _two_signals()
+    no_status["event_descriptor"]["event_status"] = "none"  # an OpenADR status the plugin does not take
+    assert decide(no_status, RESOURCES).reason == (
+        "signal ENERGY_PRICE: status: 'none' is not one of far, near, active, completed, cancelled"
+    )
+
+
+def test_an_unusable_stored_load_control_event_neither_breaks_the_handler_nor_is_withdrawn(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    from ven_bridge.outbox import Outbox
+    from ven_bridge.ven import CariflexVen, VenOptions
+
+    box = Outbox(tmp_path)
+    ven = CariflexVen(VenOptions("v", "http://vtn", frozenset(RESOURCES), "Cariflex site"), box, poster=None)
+    box.set_state(
+        "load_control_events",
+        {"evt-1#LOAD_CONTROL": "not an event", "evt-1": {"event_id": "evt-1", "status": "far"}},
+    )
+    price_only = event(values=[0.1, 0.3])
+    price_only["event_descriptor"]["modification_number"] = 1
+    with caplog.at_level(logging.ERROR, logger="cariflex.ven"):
+        assert asyncio.run(ven.handle_event(price_only)) == "optIn"  # was optOut: AttributeError
+    assert [(e.dedupe_key, e.payload["status"]) for e in box.pending()] == [("event:evt-1:1", "far")]
+    unusable = [
+        r for r in caplog.records if r.getMessage() == "stored load-control event unusable; not withdrawn"
+    ]
+    assert [r.fields["event_id"] for r in unusable] == ["evt-1#LOAD_CONTROL"]

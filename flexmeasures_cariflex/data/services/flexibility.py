@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from flexmeasures.data import db
-from sqlalchemy import text
 
+from cariflex import inputs
 from cariflex.fleet import Fleet
 from cariflex.flexibility import FleetFlexibility, fleet_flexibility
 from cariflex.site_model import FLEXIBILITY_SENSORS, SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, last_event_per_sensor
 from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
 
@@ -23,20 +24,12 @@ class FlexibilityError(ValueError):
     """A request that cannot be answered; nothing was written."""
 
 
-_LATEST = """
-SELECT DISTINCT ON (tb.sensor_id) tb.sensor_id, tb.event_value
-FROM timed_belief tb
-WHERE tb.sensor_id = ANY (CAST(:ids AS integer[])) AND tb.event_start <= :now AND tb.event_start > :oldest
-  AND tb.cumulative_probability = 0.5
-  AND tb.source_id NOT IN (SELECT id FROM data_source WHERE type = 'scheduler')
-ORDER BY tb.sensor_id, tb.event_start DESC, tb.belief_horizon
-"""
-
-
 def current(fleet: Fleet, hours: float = 1.0, now: datetime | None = None) -> FleetFlexibility:
     """Flexibility over ``[now, now + hours]`` from the latest readings (at most 30 minutes old)."""
-    if not 0 < hours <= 48:
-        raise FlexibilityError(f"hours must be within 0..48, got {hours:g}")
+    try:
+        hours = inputs.hours(hours)
+    except inputs.InputError as exc:
+        raise FlexibilityError(str(exc)) from None
     now = now or datetime.now(UTC)
     sensors = site_sensors(fleet)
     names = [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
@@ -47,8 +40,18 @@ def current(fleet: Fleet, hours: float = 1.0, now: datetime | None = None) -> Fl
             f"sensors {', '.join(missing[:3])} ... missing; run `flexmeasures cariflex setup`"
         )
     by_id = {sensors[s].id: s for s in wanted}
-    rows = db.session.execute(text(_LATEST), {"ids": list(by_id), "now": now, "oldest": now - FRESH}).all()
-    latest = {by_id[sensor_id]: float(value) for sensor_id, value in rows}
+    # the latest measured event of each sensor in (now - FRESH, now] (the one reader's rules)
+    found = last_event_per_sensor(
+        db.session,
+        BeliefQuery(
+            sensor_ids=list(by_id),
+            start=now - FRESH + timedelta(microseconds=1),
+            end=now,
+            end_inclusive=True,
+            exclude_source_types=["scheduler"],
+        ),
+    )
+    latest = {by_id[sensor_id]: float(event.event_value) for sensor_id, event in found.items()}
     fills = {n: latest.get(f"{n}_soc") for n in names}
     powers = {n: latest.get(f"{n}_power", 0.0) for n in names}
     return fleet_flexibility(fleet, fills, powers, now, hours)

@@ -1,6 +1,8 @@
 """OpenADR events, as the VEN bridge normalises them, into FlexMeasures beliefs.
 
-The VEN posts one event (one modification of it) at a time::
+The VEN posts one event (one modification of it) at a time, as the contract
+``cariflex.contracts.openadr_event`` (which the VEN builds it with, and ``parse_event`` reads it
+with) describes it::
 
     {"event_id": "evt-20261124-8fc1a133", "modification_number": 1,
      "status": "far|near|active|completed|cancelled",
@@ -38,7 +40,6 @@ those only, so the same prices sent twice cause one schedule, not two.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,39 +52,15 @@ from flexmeasures.data.models.generic_assets import GenericAsset
 from flexmeasures.data.models.time_series import Sensor
 from sqlalchemy import select
 
+from cariflex.contracts.openadr_event import LOAD_CONTROL, PRICE, ContractError, OpenAdrEvent
 from cariflex.fleet import Fleet
-from cariflex.json_input import quote
-from cariflex.site_model import PRICE_RANGE_EUR_PER_MWH, SOURCE_VTN
+from cariflex.site_model import SOURCE_VTN
 from flexmeasures_cariflex.data.queries.site import SiteNotReady, find_source, require_site, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import changed_sensors, insert_beliefs
 from flexmeasures_cariflex.data.services.replan import mark_replan_needed
 
 LEDGER_KEY = "openadr_events"
 LEDGER_RETENTION = timedelta(days=7)
-MAX_PERIOD = timedelta(days=31)
-
-STATUSES = ("far", "near", "active", "completed", "cancelled")
-EVENT_FIELDS = (
-    "event_id",
-    "modification_number",
-    "status",
-    "modification_date_time",
-    "signal_name",
-    "signal_type",
-    "item_base",
-    "intervals",
-)
-INTERVAL_FIELDS = ("start", "duration", "value")
-ITEM_BASE_FIELDS = ("name", "unit", "scale")
-
-PRICE = "price"
-LOAD_CONTROL = "load_control"
-SIGNALS = {
-    ("ENERGY_PRICE", "price"): PRICE,
-    ("ELECTRICITY_PRICE", "price"): PRICE,
-    ("LOAD_CONTROL", "x-loadControlCapacity"): LOAD_CONTROL,
-}
-PRICE_ITEM_BASE = {"name": "currencyPerKWh", "unit": "EUR", "scale": "none"}
 
 PRICE_SENSOR = "consumption_price"
 LOAD_CONTROL_SENSOR = "load_control_signal"
@@ -172,171 +149,24 @@ class IngestResult:
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
-def _fields(value: Any, where: str, expected: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise IngestError(f"{where}: must be a JSON object, got {type(value).__name__}")
-    missing = [k for k in expected if k not in value]
-    unknown = sorted(str(k) for k in value if k not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing field(s) {', '.join(missing)}")
-    if unknown:
-        problems.append(f"unknown field(s) {', '.join(unknown)}")
-    if problems:
-        raise IngestError(f"{where}: {'; '.join(problems)} (expected exactly: {', '.join(expected)})")
-    return value
-
-
-def _datetime(value: Any, where: str) -> datetime:
-    if not isinstance(value, str):
-        raise IngestError(f"{where}: must be an ISO 8601 date-time string, got {quote(value)}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise IngestError(f"{where}: {quote(value)} is not an ISO 8601 date-time") from None
-    if parsed.tzinfo is None:
-        raise IngestError(f"{where}: {quote(value)} has no UTC offset (add an offset such as +00:00)")
-    try:
-        parsed = parsed.astimezone(UTC)
-    except OverflowError:
-        raise IngestError(f"{where}: {quote(value)} is out of range") from None
-    if abs(parsed.year - datetime.now(UTC).year) > 10:
-        raise IngestError(f"{where}: {quote(value)} is more than 10 years from today")
-    return parsed
-
-
-def _duration(value: Any, where: str) -> timedelta:
-    if not isinstance(value, str):
-        raise IngestError(f"{where}: must be an ISO 8601 duration string such as 'PT1H', got {quote(value)}")
-    try:
-        parsed = isodate.parse_duration(value)
-    except (isodate.ISO8601Error, ValueError, OverflowError):
-        raise IngestError(f"{where}: {quote(value)} is not an ISO 8601 duration such as 'PT1H'") from None
-    if not isinstance(parsed, timedelta):  # years or months: no fixed length
-        raise IngestError(f"{where}: {quote(value)} has no fixed length (use days, hours or minutes)")
-    if parsed <= timedelta(0):
-        raise IngestError(f"{where}: {quote(value)} must be positive")
-    if parsed > MAX_PERIOD:
-        raise IngestError(f"{where}: {quote(value)} is longer than {MAX_PERIOD.days} days")
-    return parsed
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise IngestError(f"{where}: must be a number, got {quote(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise IngestError(f"{where}: {quote(value)} is too large") from None
-    if not math.isfinite(number):
-        raise IngestError(f"{where}: must be a finite number, got {quote(number)}")
-    return number
-
-
-def _text(value: Any, where: str, max_length: int = 200) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise IngestError(f"{where}: must be a non-empty string, got {quote(value)}")
-    if len(value) > max_length:
-        raise IngestError(f"{where}: longer than {max_length} characters")
-    return value
-
-
-def _item_base(value: Any, kind: str, signal: str) -> None:
-    if kind == LOAD_CONTROL:
-        if value is not None:
-            raise IngestError(
-                f"item_base: must be null for {signal} (levels are fractions), got {quote(value)}"
-            )
-        return
-    if value is None:
-        raise IngestError(f"item_base: {signal} needs one, e.g. {PRICE_ITEM_BASE}")
-    item = _fields(value, "item_base", ITEM_BASE_FIELDS)
-    if item["name"] != "currencyPerKWh":
-        raise IngestError(
-            f"item_base.name: {quote(item['name'])} is not supported; only 'currencyPerKWh' "
-            "(prices per kWh of energy; per-kW (capacity) prices cannot be stored in EUR/MWh)"
-        )
-    if item["unit"] != "EUR":
-        raise IngestError(
-            f"item_base.unit: currency {quote(item['unit'])} is not supported; only 'EUR' "
-            "(prices are stored in EUR/MWh and no exchange rate is known)"
-        )
-    if item["scale"] != "none":
-        raise IngestError(
-            f"item_base.scale: {quote(item['scale'])} is not supported; only 'none' (values in EUR per kWh)"
-        )
-
-
-def _intervals(value: Any, kind: str, status: str) -> tuple[Interval, ...]:
-    if not isinstance(value, list):
-        raise IngestError(f"intervals: must be a list, got {type(value).__name__}")
-    if not value and status != "cancelled":
-        raise IngestError("intervals: at least one interval is needed")
-    out: list[Interval] = []
-    for i, raw in enumerate(value):
-        where = f"intervals[{i}]"
-        item = _fields(raw, where, INTERVAL_FIELDS)
-        interval = Interval(
-            start=_datetime(item["start"], f"{where}.start"),
-            duration=_duration(item["duration"], f"{where}.duration"),
-            value=_number(item["value"], f"{where}.value"),
-        )
-        low, high = (bound / 1000 for bound in PRICE_RANGE_EUR_PER_MWH)  # EUR/kWh on the wire
-        if kind == PRICE and not low <= interval.value <= high:
-            raise IngestError(
-                f"{where}.value: {interval.value:g} EUR/kWh is outside {low:g}..{high:g} "
-                f"({PRICE_RANGE_EUR_PER_MWH[0]:g}..{PRICE_RANGE_EUR_PER_MWH[1]:g} EUR/MWh)"
-            )
-        if kind == LOAD_CONTROL and not 0.0 <= interval.value <= 1.0:
-            raise IngestError(
-                f"{where}.value: {quote(interval.value)} is outside 0..1 (a load-control level is a "
-                "fraction of normal capacity)"
-            )
-        if out:
-            previous_end = out[-1].end
-            if interval.start < previous_end:
-                raise IngestError(
-                    f"{where}.start: {interval.start.isoformat()} overlaps intervals[{i - 1}], which "
-                    f"ends at {previous_end.isoformat()} (intervals must be sorted and contiguous)"
-                )
-            if interval.start > previous_end:
-                raise IngestError(
-                    f"{where}.start: {interval.start.isoformat()} leaves a gap after intervals[{i - 1}], "
-                    f"which ends at {previous_end.isoformat()} (intervals must be contiguous)"
-                )
-        out.append(interval)
-    if out and out[-1].end - out[0].start > MAX_PERIOD:
-        raise IngestError(f"intervals: the event lasts longer than {MAX_PERIOD.days} days")
-    return tuple(out)
-
-
 def parse_event(event: Any) -> Event:
-    """Check a normalised event completely; raise IngestError naming the first problem."""
-    data = _fields(event, "event", EVENT_FIELDS)
-    event_id = _text(data["event_id"], "event_id")
-    number = data["modification_number"]
-    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-        raise IngestError(f"modification_number: must be an integer >= 0, got {quote(number)}")
-    status = data["status"]
-    if status not in STATUSES:
-        raise IngestError(f"status: {quote(status)} is not one of {', '.join(STATUSES)}")
-    modified = _datetime(data["modification_date_time"], "modification_date_time")
-    signal_name, signal_type = data["signal_name"], data["signal_type"]
-    kind = (
-        SIGNALS.get((signal_name, signal_type))
-        if isinstance(signal_name, str) and isinstance(signal_type, str)
-        else None
+    """Check a normalised event completely against its contract
+    (``cariflex.contracts.openadr_event``, which the VEN bridge builds it with); raise IngestError
+    with the contract's message, naming the first problem. Times come back in UTC."""
+    try:
+        checked = OpenAdrEvent.from_dict(event)
+    except ContractError as exc:
+        raise IngestError(str(exc)) from None
+    return Event(
+        checked.event_id,
+        checked.modification_number,
+        checked.status,
+        checked.modified_utc,
+        checked.signal_name,
+        checked.signal_type,
+        checked.kind,
+        tuple(Interval(i.start_utc, i.duration, float(i.value)) for i in checked.intervals),
     )
-    if kind is None:
-        supported = ", ".join(f"{n}/{t}" for n, t in SIGNALS)
-        raise IngestError(
-            f"signal_name/signal_type: {quote(signal_name)}/{quote(signal_type)} is not supported "
-            f"(supported: {supported})"
-        )
-    signal = f"{signal_name}/{signal_type}"
-    _item_base(data["item_base"], kind, signal)
-    intervals = _intervals(data["intervals"], kind, status)
-    return Event(event_id, number, status, modified, signal_name, signal_type, kind, intervals)
 
 
 def _describe(resolution: timedelta) -> str:
@@ -345,6 +175,8 @@ def _describe(resolution: timedelta) -> str:
 
 
 def _check_alignment(event: Event, sensor: Sensor) -> None:
+    """The intervals on the grid of ``sensor`` as the database has it (the contract checks the
+    site model's resolutions; a site set up otherwise is caught here)."""
     resolution = sensor.event_resolution
     for i, interval in enumerate(event.intervals):
         if (interval.start - EPOCH) % resolution:

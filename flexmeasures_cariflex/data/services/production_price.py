@@ -16,7 +16,7 @@ from flexmeasures.data import db
 from flexmeasures.data.models.generic_assets import GenericAsset
 from sqlalchemy import select
 
-from cariflex import settings
+from cariflex import inputs, settings
 from cariflex.fleet import Fleet
 from cariflex.price_file import read_price_csv
 from flexmeasures_cariflex.data.queries.site import SiteNotReady, ensure_source, require_site, site_sensors
@@ -32,9 +32,10 @@ class PriceRefused(ValueError):
 
 
 def tariff() -> float:
+    """CARIFLEX_FEED_IN_TARIFF, by the rule of ``--tariff`` (``cariflex.inputs.tariff``)."""
     try:
-        return settings.number("CARIFLEX_FEED_IN_TARIFF", 0, 10_000, "EUR/MWh")
-    except ValueError as exc:
+        return inputs.tariff(settings.get("CARIFLEX_FEED_IN_TARIFF"), "CARIFLEX_FEED_IN_TARIFF")
+    except inputs.InputError as exc:
         raise PriceRefused(str(exc)) from None
 
 

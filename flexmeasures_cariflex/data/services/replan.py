@@ -29,14 +29,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import isodate
 import pandas as pd
 from flask import Flask, current_app
 from flexmeasures.data import db
 from flexmeasures.data.models.generic_assets import GenericAsset
 from sqlalchemy import select, text
 
-from cariflex import settings
+from cariflex import inputs, settings
+from cariflex.contracts.fleet_schedule import FleetSchedule
 from cariflex.fleet import Fleet
 from flexmeasures_cariflex.data.queries.site import require_site
 from flexmeasures_cariflex.data.services.fleet_schedule import (
@@ -70,15 +70,14 @@ def schedule_status(fleet: Fleet) -> dict[str, Any]:
 
 
 def horizon() -> timedelta:
-    """CARIFLEX_SCHEDULE_HORIZON; a bad value refuses the run (recorded in the status, logged)."""
-    text = settings.get("CARIFLEX_SCHEDULE_HORIZON")
+    """CARIFLEX_SCHEDULE_HORIZON (the rule of ``--horizon``: ``cariflex.inputs.duration``, whole
+    15-minute periods, at most 7 days); a bad value refuses the run (recorded in the status, logged)."""
     try:
-        value = isodate.parse_duration(text)
-    except (isodate.ISO8601Error, ValueError, TypeError):
-        value = None
-    if not isinstance(value, timedelta) or value <= timedelta(0):
-        raise ScheduleRefused(f"CARIFLEX_SCHEDULE_HORIZON {text!r} must be a positive duration like PT24H")
-    return value
+        return inputs.duration(
+            settings.get("CARIFLEX_SCHEDULE_HORIZON"), "CARIFLEX_SCHEDULE_HORIZON", step=QUARTER
+        )
+    except inputs.InputError as exc:
+        raise ScheduleRefused(str(exc)) from None
 
 
 def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False) -> dict[str, Any] | None:
@@ -256,8 +255,9 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) -> dict[str, Any]:
-    """The saved fleet schedule from the current 15-minute period on, as the VEN bridge follows it.
+def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) -> FleetSchedule:
+    """The saved fleet schedule from the current 15-minute period on, as the VEN bridge follows it
+    (the contract ``cariflex.contracts.fleet_schedule``; GET /schedule serves its ``to_dict()``).
 
     Per device, kW per 15-minute period, consumption positive (charging > 0), from the most recent
     "Cariflex scheduler" beliefs; ``null`` where no schedule covers a period.
@@ -288,12 +288,10 @@ def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) ->
             if per_period is None
             else [None if pd.isna(v) else round(float(v), 4) for v in per_period]
         )
-    return {
-        "version": status.get("version"),
-        "ok": status.get("ok"),
-        "breaches": status.get("breaches", []),
-        "start": start.isoformat(),
-        "resolution": "PT15M",
-        "unit": "kW",
-        "devices": out,
-    }
+    return FleetSchedule(
+        version=status.get("version"),
+        ok=status.get("ok"),
+        breaches=tuple(status.get("breaches", [])),
+        start=start.to_pydatetime(),
+        devices={name: tuple(values) for name, values in out.items()},
+    )

@@ -28,9 +28,7 @@ Method (documented for the people who check the numbers):
 
 from __future__ import annotations
 
-import calendar
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,8 +37,11 @@ from flexmeasures.data import db
 from flexmeasures.data.models.time_series import Sensor
 from sqlalchemy import text
 
+from cariflex import inputs
 from cariflex.fleet import Fleet
+from cariflex.inputs import Period
 from cariflex.site_model import DAILY_STATISTICS, SOURCE_INSIGHTS
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, Sql, latest_beliefs_sql
 from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
 from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
 from flexmeasures_cariflex.data.services.carbon import CarbonError, default_intensity
@@ -57,40 +58,12 @@ class StatisticsError(ValueError):
 REFUSED = (StatisticsError, CarbonError)
 
 
-@dataclass(frozen=True)
-class Period:
-    """Whole local days: ``first`` to ``last`` inclusive."""
-
-    label: str
-    first: date
-    last: date
-
-    def bounds(self, tz: ZoneInfo) -> tuple[datetime, datetime]:
-        start = datetime.combine(self.first, time(0), tz).astimezone(UTC)
-        end = datetime.combine(self.last + timedelta(days=1), time(0), tz).astimezone(UTC)
-        return start, end
-
-
 def parse_period(day: str | None = None, month: str | None = None, year: str | None = None) -> Period:
-    """One of --day YYYY-MM-DD, --month YYYY-MM, --year YYYY."""
-    given = [(k, v) for k, v in (("day", day), ("month", month), ("year", year)) if v]
-    if len(given) != 1:
-        raise StatisticsError("give exactly one of day (YYYY-MM-DD), month (YYYY-MM) or year (YYYY)")
-    kind, value = given[0]
+    """One of --day YYYY-MM-DD, --month YYYY-MM, --year YYYY (``cariflex.inputs.period``)."""
     try:
-        if kind == "day":
-            first = last = date.fromisoformat(value)
-        elif kind == "month":
-            y, m = (int(p) for p in value.split("-"))
-            first, last = date(y, m, 1), date(y, m, calendar.monthrange(y, m)[1])
-        else:
-            first, last = date(int(value), 1, 1), date(int(value), 12, 31)
-    except ValueError:
-        example = {"day": "2026-11-24", "month": "2026-11", "year": "2026"}[kind]
-        raise StatisticsError(f"{kind} {value!r} is not a {kind} like {example}") from None
-    if not 2000 <= first.year <= 2100:
-        raise StatisticsError(f"{kind} {value!r} is outside the years 2000..2100")
-    return Period(value, first, last)
+        return inputs.period(day, month, year)
+    except inputs.InputError as exc:
+        raise StatisticsError(str(exc)) from None
 
 
 def _roles(fleet: Fleet, device: str | None, group: str | None) -> tuple[str, dict[str, str]]:
@@ -114,6 +87,17 @@ def _roles(fleet: Fleet, device: str | None, group: str | None) -> tuple[str, di
     return "site", everyone
 
 
+# The latest hourly buy/sell price and carbon intensity per hour: the one reader's definition
+# (data/queries/latest_beliefs.py), rendered with this query's parameters.
+_HOURLY = latest_beliefs_sql(
+    BeliefQuery(
+        sensor_ids=Sql("ARRAY[:buy, :sell, :carbon]"),
+        start=Sql(":start - interval '1 hour'"),
+        end=Sql(":end"),
+    ),
+    literal=True,
+).text
+
 _QUERY = f"""
 WITH roles AS (
     SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:roles AS text[]), CAST(:signs AS float8[]))
@@ -132,11 +116,7 @@ WITH roles AS (
     WHERE r.kind = 0 AND r.bucket >= :start AND r.bucket < :until
     GROUP BY r.bucket, 2
 ), hourly AS (
-    SELECT DISTINCT ON (sensor_id, event_start) sensor_id, event_start, event_value
-    FROM timed_belief
-    WHERE sensor_id IN (:buy, :sell, :carbon) AND cumulative_probability = 0.5
-      AND event_start >= :start - interval '1 hour' AND event_start < :end
-    ORDER BY sensor_id, event_start, belief_horizon, source_id DESC
+{_HOURLY}
 ), flows AS (
     SELECT p.bucket,
         CASE WHEN :site THEN greatest(p.net, 0) ELSE p.consumed END AS e_in,
