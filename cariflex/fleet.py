@@ -56,6 +56,8 @@ class Site:
     longitude: float
     timezone: str
     capacity_kw: float  # grid connection capacity, both directions
+    # the site's own consumption at its daily peak (kW); None: no base load is modelled
+    base_load_kw: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ _SITE: list[_Spec] = [
     ("longitude", "longitude", "longitude", True),
     ("timezone", "timezone", "timezone", True),
     ("capacity", "capacity_kw", "power", True),
+    ("base_load", "base_load_kw", "power", False),
 ]
 _PV: list[_Spec] = [
     ("name", "name", "name", True),

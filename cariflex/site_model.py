@@ -7,7 +7,10 @@ by the names made here (``pv_01_power``, ``bat_01_soc``, ...), never by id.
 Sign convention, decided once per sensor and stored as FlexMeasures' own sensor attribute
 ``consumption_is_positive``:
 - battery and EV power: consumption (charging) positive, as in S2 and in FlexMeasures' schedules;
-- PV power: production positive, as a PV meter reads.
+- PV power: production positive, as a PV meter reads;
+- the site's own consumption (``site_load``, base load): consumption positive.
+
+The site's net import at the connection = base load + batteries + EV chargers - PV.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ TYPE_EV_TWO_WAY = "two-way_evse"
 TYPE_WEATHER = "weather station"
 TYPE_GRID_SIGNALS = "grid signals"
 TYPE_INSIGHTS = "insights"
+TYPE_LOAD = "building"
+SITE_LOAD = "site_load"  # the asset and its one sensor
 INSIGHTS_ASSET = "insights"
 
 # Data sources other components write as (setup creates them so the UI can name them).
@@ -39,7 +44,8 @@ SOURCE_SIMULATOR = ("Simulator", "demo script")
 SOURCE_OPEN_METEO = ("Open-Meteo", "forecaster")
 SOURCE_VTN = ("OpenADR VTN", "gateway")
 SOURCE_INSIGHTS = ("Cariflex insights", "reporter")
-DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN, SOURCE_INSIGHTS)
+SOURCE_FORECASTER = ("Cariflex forecaster", "forecaster")
+DATA_SOURCES = (SOURCE_SIMULATOR, SOURCE_OPEN_METEO, SOURCE_VTN, SOURCE_INSIGHTS, SOURCE_FORECASTER)
 
 # Energy prices any edge accepts (operator input at the VTN, events at the plugin), in EUR/MWh.
 # Wholesale markets cap far inside this (EU day-ahead -500..4,000 EUR/MWh): anything outside is a
@@ -132,6 +138,17 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 site.longitude,
                 as_dict(ev),
                 (_power(ev.name, True), _soc(ev.name)),
+            )
+        )
+    if site.base_load_kw is not None:
+        assets.append(
+            AssetSpec(
+                SITE_LOAD,
+                TYPE_LOAD,
+                site.latitude,
+                site.longitude,
+                {"peak_kw": site.base_load_kw},
+                (SensorSpec(SITE_LOAD, "kW", ONE_MINUTE, {"consumption_is_positive": True}),),
             )
         )
     ws = fleet.weather_station

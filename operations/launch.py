@@ -77,7 +77,8 @@ def hourly_refresh(env: dict[str, str], fleet_file: str | None, stop: threading.
     """The hourly refresh (the demo, and the worker container), at start and then every hour:
 
     1. the weather (Open-Meteo, else the synthetic model, said so in the output) with the PV power
-       it implies, back-filling missed hours, and today's and tomorrow's production price;
+       it implies, back-filling missed hours, today's and tomorrow's production price, and the
+       base-load forecast;
     2. the insights: carbon intensity, yesterday's and today's site statistics, the
        fleet's flexibility, DR verification of the last two days, and the alert checks.
 
@@ -102,6 +103,7 @@ def hourly_refresh(env: dict[str, str], fleet_file: str | None, stop: threading.
         if first:
             weather.append(f"cariflex production-price --day {today:%Y-%m-%d} --no-replan{fleet}")
         weather.append(f"cariflex production-price --no-replan{fleet}")
+        weather.append(f"cariflex forecast-load{fleet}")
         insights += [
             f"cariflex statistics{fleet}",
             f"cariflex flexibility --store{fleet}",

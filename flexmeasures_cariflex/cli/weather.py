@@ -165,3 +165,31 @@ def production_price(day_text, tariff, csv_file, no_replan, fleet_file) -> None:
     )
     if outcome["replan"] and not no_replan:
         echo_replan(replan_now(fleet))
+
+
+@cariflex_bp.cli.command("forecast-load")
+@click.option(
+    "--hours",
+    default="36",
+    show_default=True,
+    callback=inputs.click_callback(inputs.hours),
+    help="How far ahead, from the next quarter-hour.",
+)
+@fleet_option
+@with_appcontext
+def forecast_load(hours: float, fleet_file: str | None) -> None:
+    """Forecast the site's base load (``site_load``) from its last two weeks of measurements
+    (the fleet's daily profile until there are three days) and store it as beliefs made now."""
+    from flexmeasures_cariflex.data.queries.site import SiteNotReady
+    from flexmeasures_cariflex.data.services.load_forecast import forecast_base_load
+
+    fleet = load_fleet_or_refuse(fleet_file)
+    with writing(SiteNotReady):
+        result = forecast_base_load(fleet, hours)
+    if result.method == "none":
+        click.echo("The fleet models no base load (site: base_load); nothing to forecast.")
+        return
+    click.echo(
+        f"Base load forecast {result.start:%Y-%m-%d %H:%M} - {result.end:%Y-%m-%d %H:%M} UTC "
+        f"from the {result.method}: {result.beliefs_saved} beliefs"
+    )

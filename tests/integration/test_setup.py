@@ -25,6 +25,7 @@ EXPECTED_SENSORS: dict[str, tuple[str, timedelta]] = {
     **{f"bat_{i:02d}_soc": ("kWh", MINUTE) for i in range(1, 11)},
     **{f"ev_{i:02d}_power": ("kW", MINUTE) for i in range(1, 11)},
     **{f"ev_{i:02d}_soc": ("kWh", MINUTE) for i in range(1, 11)},
+    "site_load": ("kW", MINUTE),  # the site's own consumption (base load)
     "irradiance": ("W/m²", QUARTER),
     "temperature": ("°C", QUARTER),
     "wind_speed": ("m/s", QUARTER),
@@ -85,6 +86,7 @@ def test_setup_creates_exactly_the_cariflex_site(cli, fm_db):
         **{f"pv_{i:02d}": "solar" for i in range(1, 11)},
         **{f"bat_{i:02d}": "battery" for i in range(1, 11)},
         **{f"ev_{i:02d}": "two-way_evse" for i in range(1, 11)},
+        "site_load": "building",
         "weather_station": "weather station",
         "grid_signals": "grid signals",
         "insights": "insights",
@@ -99,10 +101,11 @@ def test_setup_creates_exactly_the_cariflex_site(cli, fm_db):
     assert by_name["bat_03_power"].attributes["consumption_is_positive"] is True
     assert by_name["ev_07_power"].attributes["consumption_is_positive"] is True
     assert by_name["pv_05_power"].attributes["consumption_is_positive"] is False
+    assert by_name["site_load"].attributes["consumption_is_positive"] is True
 
     sources = {s.name for s in fm_db.session.execute(select(DataSource)).scalars()}
-    assert sources == {"Simulator", "Open-Meteo", "OpenADR VTN", "Cariflex insights"}
-    assert result.output.strip().endswith("116 created, 0 updated, 0 unchanged")
+    assert sources == {"Simulator", "Open-Meteo", "OpenADR VTN", "Cariflex insights", "Cariflex forecaster"}
+    assert result.output.strip().endswith("120 created, 0 updated, 0 unchanged")
 
 
 def test_second_run_changes_nothing(cli, fm_db):
@@ -110,7 +113,7 @@ def test_second_run_changes_nothing(cli, fm_db):
     before = counts(fm_db)
     result = cli("cariflex", "setup")
     assert result.exit_code == 0
-    assert result.output.strip().endswith("0 created, 0 updated, 116 unchanged")
+    assert result.output.strip().endswith("0 created, 0 updated, 120 unchanged")
     assert counts(fm_db) == before
 
 

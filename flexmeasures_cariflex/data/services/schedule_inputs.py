@@ -16,6 +16,7 @@ from flexmeasures.data.models.generic_assets import GenericAsset
 from flexmeasures.data.models.time_series import Sensor
 
 from cariflex.fleet import Fleet
+from cariflex.site_model import SITE_LOAD
 from flexmeasures_cariflex.data.queries.latest_beliefs import (
     BeliefQuery,
     last_event_per_sensor,
@@ -45,7 +46,11 @@ class ScheduleInputs:
     sensors: dict[str, Sensor]
     consumption_price: pd.Series  # hourly, covers the horizon
     production_price: pd.Series | None  # None: it does not cover the horizon
-    capacity_kw: pd.Series  # site import capacity per period
+    capacity_kw: pd.Series  # site import capacity per period (on the net import at the connection)
+    # what the site produces and consumes without being scheduled: FlexMeasures reads their
+    # latest beliefs known before the run (PV: the weather's forecast; base load: its forecast)
+    inflexible_production: list[int]  # PV power sensor ids (production positive)
+    inflexible_consumption: list[int]  # the base load sensor id, when the fleet models one
 
 
 def utc(ts: datetime) -> pd.Timestamp:
@@ -191,6 +196,8 @@ def gather_inputs(
             f"in {(pct < 100).sum()} period(s)"
         )
 
+    pv_ids = [sensors[f"{pv.name}_power"].id for pv in fleet.pv if f"{pv.name}_power" in sensors]
+    load_ids = [sensors[SITE_LOAD].id] if fleet.site.base_load_kw is not None and SITE_LOAD in sensors else []
     return ScheduleInputs(
         start_utc,
         end_utc,
@@ -203,4 +210,6 @@ def gather_inputs(
         consumption,
         production,
         capacity_kw,
+        pv_ids,
+        load_ids,
     )

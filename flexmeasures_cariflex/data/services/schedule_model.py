@@ -47,6 +47,13 @@ class FleetModel:
         )
 
 
+def end_target_kwh(soc0: float, soc_min: float, soc_max: float) -> float:
+    """The least energy a battery must hold at the horizon's end: what it holds at the start,
+    within its limits. A target rather than a value per kWh: it needs no guess of tomorrow's
+    price, and a battery still cycles within the horizon whenever prices pay for it."""
+    return min(max(soc0, soc_min), soc_max)
+
+
 def _iso(ts: pd.Timestamp) -> str:
     return ts.isoformat()
 
@@ -145,14 +152,22 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
     for bat in fleet.batteries:
         soc0 = soc_at_start(sensors.get(f"{bat.name}_soc"), bat.capacity_kwh, start_utc, bat.name, notes)
         kinds[bat.name] = (bat, soc0, bat.roundtrip_efficiency_pct)
+        soc_min = bat.capacity_kwh * bat.soc_min_pct / 100
+        soc_max = bat.capacity_kwh * bat.soc_max_pct / 100
         flex_model.append(
             {
                 "sensor": sensors[f"{bat.name}_power"].id,
                 "soc-at-start": f"{soc0:g} kWh",
-                "soc-min": f"{bat.capacity_kwh * bat.soc_min_pct / 100:g} kWh",
-                "soc-max": f"{bat.capacity_kwh * bat.soc_max_pct / 100:g} kWh",
+                "soc-min": f"{soc_min:g} kWh",
+                "soc-max": f"{soc_max:g} kWh",
                 "power-capacity": f"{bat.power_kw:g} kW",
                 "roundtrip-efficiency": f"{bat.roundtrip_efficiency_pct:g}%",
+                # The end of the horizon is not the end of the world: the battery ends with at
+                # least what it started with, so no plan sells stored energy at the last cheap
+                # hours for nothing (the next plan, 15 minutes later, moves this target along).
+                "soc-minima": [
+                    {"datetime": _iso(end_utc), "value": f"{end_target_kwh(soc0, soc_min, soc_max):g} kWh"}
+                ],
                 **NO_TIE_BREAKERS,
             }
         )
@@ -198,4 +213,10 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         "relax-site-capacity-constraints": False,
         "relax-soc-constraints": False,
     }
+    # PV and the base load as inflexible devices: the site capacities (and a load-control cap)
+    # then hold for the net import at the connection, and PV surplus is there to be stored.
+    if inputs.inflexible_production:
+        flex_context["inflexible-production"] = [{"sensor": i} for i in inputs.inflexible_production]
+    if inputs.inflexible_consumption:
+        flex_context["inflexible-consumption"] = [{"sensor": i} for i in inputs.inflexible_consumption]
     return FleetModel(flex_model, flex_context, kinds, usage)
