@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cariflex import logs, settings
 from operations import database
-from operations.launch import gunicorn_command, hourly_refresh, init_commands
+from operations.launch import gunicorn_command, hourly_refresh, init_commands, mpc_loop
 
 log = logging.getLogger("cariflex.demo")
 BIN = Path(sys.executable).parent
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(
             target=hourly_refresh, args=(env, args.fleet, stop), name="refresh", daemon=True
         ).start()
+        # and the fleet re-planned every 15 minutes from the measured states of charge (MPC)
+        threading.Thread(target=mpc_loop, args=(env, args.fleet, stop), name="mpc", daemon=True).start()
 
         base = f"http://{bind}"
         vtn_admin = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_ADMIN_PORT')}"

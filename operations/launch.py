@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -123,6 +124,29 @@ def hourly_refresh(env: dict[str, str], fleet_file: str | None, stop: threading.
         stop.wait(WEATHER_EVERY_S)
 
 
+MPC_EVERY_S = 900
+MPC_OFFSET_S = 20  # after the quarter-hour, so that the devices' first readings of it are in
+
+
+def mpc_loop(env: dict[str, str], fleet_file: str | None, stop: threading.Event) -> None:
+    """Model-predictive control: re-plan the fleet every 15 minutes (``cariflex replan``), from
+    the measured states of charge, so that drift between plan and reality never outlives a
+    quarter-hour. Price and limit changes still re-plan at once (the debounced re-planner)."""
+    fleet = f" --fleet {fleet_file}" if fleet_file else ""
+    while not stop.is_set():
+        wait = MPC_EVERY_S - (time.time() % MPC_EVERY_S) + MPC_OFFSET_S
+        if stop.wait(wait):
+            return
+        cmd = [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", f"cariflex replan{fleet}"]
+        try:
+            result = subprocess.run(cmd, env=env, cwd=env["CARIFLEX_VAR_DIR"])
+        except OSError as exc:  # the loop must outlive one bad quarter-hour
+            log.warning("re-plan could not start", extra={"fields": {"error": str(exc)}})
+            continue
+        if result.returncode != 0:
+            log.warning("re-plan failed", extra={"fields": {"exit": result.returncode}})
+
+
 def worker_name() -> str:
     """Unique per container, so replicas scaled with `docker compose up --scale` do not collide."""
     return f"cariflex-worker-{socket.gethostname()}"
@@ -194,6 +218,7 @@ def _worker(refresh: bool) -> int:
         threading.Thread(
             target=hourly_refresh, args=(env, fleet_file, stop), name="refresh", daemon=True
         ).start()
+        threading.Thread(target=mpc_loop, args=(env, fleet_file, stop), name="mpc", daemon=True).start()
     code = child.wait()
     stop.set()
     log.info("worker stopped", extra={"fields": {"exit": code}})

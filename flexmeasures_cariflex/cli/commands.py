@@ -271,6 +271,17 @@ def _queue_schedule(start, horizon, dry_run: bool, fleet_file: str | None) -> No
     click.echo(f"Queued fleet schedule job {job.id}; run by: flexmeasures jobs run-worker --queue scheduling")
 
 
+@cariflex_bp.cli.command("replan")
+@fleet_option
+@with_appcontext
+def replan_command(fleet_file: str | None) -> None:
+    """Re-plan the fleet now (one MPC step): from the current quarter-hour, with each device's
+    latest measured state of charge, up to where prices are known (the worker and `make demo`
+    run this every 15 minutes, besides the re-plans that price and limit changes trigger)."""
+    fleet = load_fleet_or_refuse(fleet_file)
+    echo_replan(replan_now(fleet, force=True))
+
+
 @cariflex_bp.cli.command("grafana-role")
 @click.option(
     "--password-env",

@@ -150,3 +150,31 @@ def test_the_base_load_forecast_is_stored_with_its_time_and_follows_history(site
         most_recent_beliefs_only=True,
     )
     assert len(beliefs) == 60 and (beliefs["event_value"] == 80.0).all()
+
+
+def test_a_15_minute_replan_starts_from_the_measured_soc(site, fm_db, cli):
+    fleet = site
+    sensors = site_sensors(fleet)
+    now = pd.Timestamp.now(tz="UTC")
+    quarter = now.floor("15min")
+    hour = now.floor("h")
+    write(fleet, "consumption_price", {hour + pd.Timedelta(hours=h): 135.0 for h in range(26)})
+    simulator = ensure_source("Simulator", "demo script")
+    before, latest = quarter - pd.Timedelta(minutes=5), now - pd.Timedelta(seconds=1)
+    insert_beliefs({sensors["bat_01_soc"]: {before: 20.0, latest: 80.0}}, simulator, None)
+    fm_db.session.commit()
+
+    # a plan for the current quarter-hour read at its start knows only the reading before it ...
+    stale = compute_fleet_schedule(fleet, quarter.to_pydatetime(), pd.Timedelta(hours=12), dry_run=True)
+    assert stale.devices["bat_01"].soc_at_start_kwh == 20.0
+    # ... the MPC re-plan reads the state of charge as measured now
+    fresh = compute_fleet_schedule(
+        fleet, quarter.to_pydatetime(), pd.Timedelta(hours=12), dry_run=True, soc_at=now.to_pydatetime()
+    )
+    assert fresh.devices["bat_01"].soc_at_start_kwh == 80.0
+    assert not any(n.startswith("bat_01: latest SoC is") for n in fresh.notes)  # a second old
+
+    # `cariflex replan` (what the worker and the demo run every 15 minutes) does exactly that
+    result = cli("cariflex", "replan")
+    assert result.exit_code == 0, result.output
+    assert "Re-planned" in result.output

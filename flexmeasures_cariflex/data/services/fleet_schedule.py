@@ -108,14 +108,17 @@ def compute_fleet_schedule(
     resolution: timedelta = QUARTER,
     dry_run: bool = False,
     shorten_to_prices: bool = False,
+    soc_at: datetime | None = None,
 ) -> FleetScheduleResult:
     """Schedule every battery and EV charger of the site in one StorageScheduler run.
 
     ``shorten_to_prices``: for re-planning from now, end the horizon where the known consumption
     prices end (day-ahead prices rarely reach 24 h ahead) instead of refusing; a note says so.
+    ``soc_at``: read each device's state of charge as of this moment (a re-plan from now: the
+    latest measurement, not the one before the current quarter-hour began), else at ``start``.
     """
     notes: list[str] = []
-    inputs = gather_inputs(fleet, start, horizon, resolution, shorten_to_prices, notes)
+    inputs = gather_inputs(fleet, start, horizon, resolution, shorten_to_prices, notes, soc_at)
     start_utc, end_utc, grid, tz = inputs.start, inputs.end, inputs.grid, inputs.tz
     result = FleetScheduleResult(start_utc.to_pydatetime(), end_utc.to_pydatetime(), resolution, dry_run)
     result.notes = notes

@@ -97,7 +97,8 @@ def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False
     if not force and previous and previous.get("request", -1) >= number:
         db.session.rollback()
         return None
-    start = pd.Timestamp(now or datetime.now(UTC)).floor(QUARTER).to_pydatetime()
+    now = now or datetime.now(UTC)
+    start = pd.Timestamp(now).floor(QUARTER).to_pydatetime()
     status: dict[str, Any] = {
         "request": number,
         "because": requested.get("because", []),
@@ -106,7 +107,8 @@ def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False
         "version": previous.get("version"),  # unchanged unless this run saves a schedule
     }
     try:
-        result = compute_fleet_schedule(fleet, start, horizon=horizon(), shorten_to_prices=True)
+        # MPC: from the current quarter-hour, with each device's state of charge as measured now
+        result = compute_fleet_schedule(fleet, start, horizon=horizon(), shorten_to_prices=True, soc_at=now)
     except ScheduleRefused as exc:
         db.session.rollback()
         db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})

@@ -26,6 +26,7 @@ from flexmeasures_cariflex.data.queries.site import require_site, site_sensors
 
 QUARTER = timedelta(minutes=15)
 FALLBACK_SOC_PCT = 50.0
+SOC_FRESH = timedelta(minutes=2)  # a re-plan from now wants readings of the last minute or so
 
 
 class ScheduleRefused(ValueError):
@@ -47,6 +48,8 @@ class ScheduleInputs:
     consumption_price: pd.Series  # hourly, covers the horizon
     production_price: pd.Series | None  # None: it does not cover the horizon
     capacity_kw: pd.Series  # site import capacity per period (on the net import at the connection)
+    soc_at: pd.Timestamp  # when the devices' states of charge are read (the start, or now for MPC)
+    soc_fresh: timedelta | None  # older SoC readings than this get a note
     # what the site produces and consumes without being scheduled: FlexMeasures reads their
     # latest beliefs known before the run (PV: the weather's forecast; base load: its forecast)
     inflexible_production: list[int]  # PV power sensor ids (production positive)
@@ -95,15 +98,33 @@ def _missing_periods(values: pd.Series, start: pd.Timestamp, end: pd.Timestamp, 
     return missing
 
 
-def soc_at_start(sensor: Sensor | None, capacity_kwh: float, start: pd.Timestamp, name: str, notes: list):
+def soc_at_start(
+    sensor: Sensor | None,
+    capacity_kwh: float,
+    at: pd.Timestamp,
+    name: str,
+    notes: list,
+    *,
+    fresh: timedelta | None = None,
+):
+    """The device's state of charge: its latest belief at or before ``at`` (the plan's start, or
+    for a re-plan from now, now itself). ``fresh``: older than this gets a note (MPC wants it at
+    most a minute old)."""
     if sensor is not None:
-        # the latest event at or before the start, whatever its source (measured or simulated)
         last = last_event_per_sensor(
             db.session,
-            BeliefQuery(sensor_ids=[sensor.id], end=start, end_inclusive=True, cumulative_probability=None),
+            BeliefQuery(
+                sensor_ids=[sensor.id],
+                end=at.to_pydatetime(),
+                end_inclusive=True,
+                cumulative_probability=None,
+            ),
         ).get(sensor.id)
         if last is not None:
             value = float(last.event_value)
+            age = at - pd.Timestamp(last.event_start)
+            if fresh is not None and age > fresh:
+                notes.append(f"{name}: latest SoC is {age.total_seconds() / 60:.0f} min old")
             if not 0 <= value <= capacity_kwh:
                 clipped = min(max(value, 0.0), capacity_kwh)
                 notes.append(
@@ -123,6 +144,7 @@ def gather_inputs(
     resolution: timedelta,
     shorten_to_prices: bool,
     notes: list,
+    soc_at: datetime | None = None,
 ) -> ScheduleInputs:
     """Check the request and read what the model needs; ``notes`` gets what the user should know."""
     if horizon <= timedelta(0):
@@ -210,6 +232,8 @@ def gather_inputs(
         consumption,
         production,
         capacity_kw,
+        utc(soc_at) if soc_at is not None else start_utc,
+        SOC_FRESH if soc_at is not None else None,
         pv_ids,
         load_ids,
     )

@@ -150,7 +150,14 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
     flex_model: list[dict] = []
     kinds: dict[str, tuple[Battery | EVCharger, float, float]] = {}
     for bat in fleet.batteries:
-        soc0 = soc_at_start(sensors.get(f"{bat.name}_soc"), bat.capacity_kwh, start_utc, bat.name, notes)
+        soc0 = soc_at_start(
+            sensors.get(f"{bat.name}_soc"),
+            bat.capacity_kwh,
+            inputs.soc_at,
+            bat.name,
+            notes,
+            fresh=inputs.soc_fresh,
+        )
         kinds[bat.name] = (bat, soc0, bat.roundtrip_efficiency_pct)
         soc_min = bat.capacity_kwh * bat.soc_min_pct / 100
         soc_max = bat.capacity_kwh * bat.soc_max_pct / 100
@@ -176,7 +183,9 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         cap = ev.battery_capacity_kwh
         present = _ev_presence(ev, grid, tz)
         if present.iloc[0]:
-            soc0 = soc_at_start(sensors.get(f"{ev.name}_soc"), cap, start_utc, ev.name, notes)
+            soc0 = soc_at_start(
+                sensors.get(f"{ev.name}_soc"), cap, inputs.soc_at, ev.name, notes, fresh=inputs.soc_fresh
+            )
         else:
             soc0 = ev.arrival_kwh  # away now: the car comes back with what it usually brings
         kinds[ev.name] = (ev, soc0, EV_ROUNDTRIP_EFFICIENCY_PCT)
