@@ -2,11 +2,16 @@
 
 Setpoints come from the FlexMeasures fleet schedule (``ScheduleFollower``: the current period's
 value per device), overridden per device by an operator's ``cariflex-ven setpoint DEVICE KW``
-(outbox state). While a load-control event is active, the site import
-of the fleet is capped at level × the site's normal capacity: charging is lowered and discharging
-raised, the effort shared in proportion to what each device can still give without going below
-its minimum fill level (an EV never below the energy its departure needs). What cannot be
-delivered is reported as the shortfall.
+(outbox state). While a load-control event is active, the site's net import at the connection is
+capped at level × the site's normal capacity: the fleet may import the cap minus the site's
+inflexible net import (base load − PV) the fleet schedule planned for the current quarter-hour
+(``ScheduleFollower.site_kw``: a forecast, not a meter). That allowance is above the cap when PV
+exceeds the base load (noon), below it when the base load takes its share (night), and negative
+when the base load alone is over the cap: the batteries then discharge. Without that figure (no
+schedule, a fleet without PV and base load, an unknown period) the cap holds on the fleet's own
+import, as before. Charging is lowered and discharging raised, the effort shared in proportion to
+what each device can still give without going below its minimum fill level (an EV never below the
+energy its departure needs). What cannot be delivered is reported as the shortfall.
 
 Measurements from the resource managers leave as 1-minute averages through the outbox (one entry
 per sensor per minute, never a request per S2 message), and only for sensors the site model has:
@@ -45,7 +50,10 @@ class Flex:
 
 
 def allocate(devices: list[Flex], cap_kw: float | None) -> tuple[dict[str, float], float]:
-    """Targets that keep Σ power ≤ cap; the reduction is shared in proportion to each device's room."""
+    """Targets that keep Σ power ≤ cap; the reduction is shared in proportion to each device's room.
+
+    ``cap_kw`` is what the fleet may import: it may be negative (the fleet must export, each device
+    down to its ``min_kw`` at most); what even that cannot deliver is the shortfall."""
     targets = {d.name: d.wanted_kw for d in devices}
     if cap_kw is None:
         return targets, 0.0
@@ -119,6 +127,7 @@ class FleetController:
         self.limits = {d.name: d for d in (*fleet.batteries, *fleet.ev_chargers)}
         self.shortfall_kw = 0.0
         self.cap_kw: float | None = None
+        self.site_kw: float | None = None  # base load - PV planned for the current quarter-hour
         self._minute: datetime | None = None
         self.sensors = frozenset(sensor_names(fleet))  # what measurements may be queued for
         self.dropped = 0  # measurements dropped: no such sensor in the site model
@@ -170,11 +179,27 @@ class FleetController:
                 return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}"
         return True, "the fleet can hold every cap of the event"
 
+    def planned_site_kw(self, now: datetime) -> float | None:
+        """The site's inflexible net import (base load − PV, kW) for the period holding ``now``, as
+        the fleet schedule carries it; None when unknown."""
+        return self.follower.site_kw(now) if self.follower is not None else None
+
+    def allowance(self, cap_kw: float | None, site_kw: float | None) -> float | None:
+        """What the fleet may import under a cap on the site's net import: cap − site_kw (above the
+        cap when PV exceeds the base load, negative when the base load alone is over it); the cap
+        itself when the site's figure is unknown; None without a cap."""
+        if cap_kw is None:
+            return None
+        return cap_kw if site_kw is None else cap_kw - site_kw
+
     def targets(self, now: datetime) -> tuple[dict[str, float], float, float | None]:
+        """Per device kW, the shortfall (kW the fleet cannot shed) and the cap in force (on the
+        site's net import; None: none)."""
         scheduled = self.follower.setpoints(now) if self.follower else {}
         setpoints = {**scheduled, **self.operator_setpoints()}  # the operator's win
         level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
         cap = None if level is None else level * self.capacity_kw
+        allowance = self.allowance(cap, self.planned_site_kw(now))
         flex = []
         for name in self.limits:
             state = self.cem.devices.get(name)
@@ -187,7 +212,7 @@ class FleetController:
             else:
                 continue
             flex.append(Flex(name, wanted, self._min_kw(name)))
-        targets, shortfall = allocate(flex, cap)
+        targets, shortfall = allocate(flex, allowance)
         return targets, shortfall, cap
 
     def operator_setpoints(self) -> dict[str, float]:
@@ -202,14 +227,22 @@ class FleetController:
     async def step(self) -> None:
         now = datetime.now(UTC)
         targets, shortfall, cap = self.targets(now)
+        site_kw = self.planned_site_kw(now)
         for name, kw in targets.items():
             await self.cem.apply_setpoint(name, kw)
         if shortfall > 0 and shortfall != self.shortfall_kw:
             log.warning(
                 "load-control cap cannot be met",
-                extra={"fields": {"cap_kw": cap, "shortfall_kw": round(shortfall, 2)}},
+                extra={
+                    "fields": {
+                        "cap_kw": cap,
+                        "site_kw": site_kw,
+                        "fleet_allowance_kw": self.allowance(cap, site_kw),
+                        "shortfall_kw": round(shortfall, 2),
+                    }
+                },
             )
-        self.shortfall_kw, self.cap_kw = shortfall, cap
+        self.shortfall_kw, self.cap_kw, self.site_kw = shortfall, cap, site_kw
         self._measurements(now)
 
     def _measurements(self, now: datetime) -> None:
@@ -264,8 +297,22 @@ class FleetController:
             )
         return False
 
+    def fleet_kw(self) -> float | None:
+        """The fleet's measured power (kW, charging positive): the last measurement of each connected
+        device of the fleet; None when none has one."""
+        measured = [
+            state.power_w
+            for name, state in self.cem.devices.items()
+            if name in self.limits and state.connected and state.power_w is not None
+        ]
+        return round(sum(measured) / 1000, 3) if measured else None
+
     def status(self) -> dict:
-        """The report ``cariflex-ven status`` shows (outbox state ``s2``; contract ``FleetStatus``)."""
+        """The report ``cariflex-ven status`` shows (outbox state ``s2``; contract ``FleetStatus``),
+        with the site's figures: the fleet's measured power, the planned base load − PV of the
+        current quarter-hour and their sum, the net import a load-control cap holds."""
+        fleet_kw = self.fleet_kw()
+        site_kw = None if self.site_kw is None else round(self.site_kw, 3)
         return FleetStatus(
             connected=sum(d.connected for d in self.cem.devices.values()),
             under_frbc=sum(d.controllable for d in self.cem.devices.values()),
@@ -273,6 +320,9 @@ class FleetController:
             shortfall_kw=round(self.shortfall_kw, 3),
             dropped_measurements=self.dropped,
             devices={n: DeviceStatus.of(d) for n, d in sorted(self.cem.devices.items())},
+            fleet_kw=fleet_kw,
+            site_kw=site_kw,
+            net_import_kw=None if fleet_kw is None or site_kw is None else round(fleet_kw + site_kw, 3),
         ).to_dict()
 
     async def run(self, stopping: asyncio.Event) -> None:

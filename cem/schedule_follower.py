@@ -13,7 +13,9 @@ What travels is the contract ``cariflex.contracts.fleet_schedule`` (the plugin s
 ``FleetSchedule.from_dict``: an answer that does not meet it is logged and the last copy kept).
 
 The fleet controller reads ``setpoints(now)``; an operator's ``cariflex-ven setpoint`` overrides a
-device's scheduled value, and an active load-control limit still caps the sum on top of both.
+device's scheduled value, and an active load-control limit still caps the sum on top of both. It
+also reads ``site_kw(now)``: the site's inflexible net import (base load - PV) the plan assumed for
+the current period, so that the limit holds on the net import at the connection (None: unknown).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class ScheduleFollower:
     def setpoints(self, now: datetime) -> dict[str, float]:
         return self._parsed.setpoints(now) if self._parsed is not None else {}
 
+    def site_kw(self, now: datetime) -> float | None:
+        """Base load - PV (kW, consumption positive) for the period holding ``now``, as the schedule
+        carries it; None without a schedule, outside it, or where the site's figure is unknown."""
+        return self._parsed.site_kw_at(now) if self._parsed is not None else None
+
     def fetch(self) -> bool:
         """One conditional GET; True when a new copy was stored."""
         answer = self.client.get_schedule(self.hours, self._etag)
@@ -104,6 +111,7 @@ class ScheduleFollower:
                         "version": parsed.version,
                         "start": parsed.start.isoformat(),
                         "devices": len(parsed.devices),
+                        "with_site_kw": parsed.site_kw is not None,
                         "breaches": len(parsed.breaches),
                     }
                 },

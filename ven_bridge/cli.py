@@ -198,6 +198,25 @@ def _s2_report(report: Any) -> dict[str, Any]:
         return {"error": f"the CEM's report is unusable: {exc}"}
 
 
+def _kw(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f} kW"
+
+
+def _site_line(s2: dict[str, Any]) -> str:
+    """The site at the connection: net import = fleet (measured) + base load − PV (planned)."""
+    if not s2 or "error" in s2 or (s2.get("fleet_kw") is None and s2.get("site_kw") is None):
+        return ""
+    planned = (
+        "planned for this quarter-hour, a forecast"
+        if s2.get("site_kw") is not None
+        else "not in the schedule: a cap holds on the fleet alone"
+    )
+    return (
+        f"\nsite: net import {_kw(s2.get('net_import_kw'))} = fleet {_kw(s2.get('fleet_kw'))} (measured)"
+        f" + base load − PV {_kw(s2.get('site_kw'))} ({planned})"
+    )
+
+
 def _status(state: str | None) -> dict[str, Any]:
     from ven_bridge.outbox import Outbox
 
@@ -231,7 +250,8 @@ def _status(state: str | None) -> dict[str, Any]:
     "--check", is_flag=True, help="Exit 1 unless registered and in contact with the VTN (health check)."
 )
 def status(state_dir, as_json, check) -> None:
-    """Registration state, last VTN contact, outbox depth, dead letters, last FlexMeasures post."""
+    """Registration state, last VTN contact, outbox depth, dead letters, last FlexMeasures post; the
+    S2 fleet, a load-control cap in force and the site's net import (fleet + base load − PV)."""
     data = _status(state_dir)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -255,6 +275,7 @@ def status(state_dir, as_json, check) -> None:
                 if data["s2"].get("cap_kw") is not None
                 else ""
             )
+            + _site_line(data["s2"])
         )
     if check:
         poll = data["poll_seconds"] or 10

@@ -11,12 +11,21 @@ current period's values::
      "breaches": ["ev_03: leaves at ... 4.2 kWh short", ...],
      "start": "2026-11-24T16:00:00+00:00",                  # the current 15-minute period
      "resolution": "PT15M", "unit": "kW",
-     "devices": {"bat_01": [12.5, 0.0, null, ...], ...}}    # charging positive; null: no plan
+     "devices": {"bat_01": [12.5, 0.0, null, ...], ...},   # charging positive; null: no plan
+     "site_kw": [100.0, -212.4, null, ...]}                 # optional: base load - PV, as planned
 
 A reader ignores keys it does not know (the follower's copy adds ``etag``; the plugin may add
 fields); ``start`` carries a UTC offset, the resolution is 15 minutes (what the follower
 steps by), the unit kW, every device has one value per period (at most 48 h of them,
 ``cariflex.inputs.HOURS_RANGE``), each a finite number or null.
+
+``site_kw`` (optional; absent for a fleet without PV and base load, and in payloads from before
+it existed): what the site imports without being scheduled, per period, kW consumption positive:
+the base load minus the PV production (negative when PV exceeds the base load), as the plan
+assumed it (forecasts, never a meter). Same periods as the devices, each a finite number or null
+(unknown). The fleet controller holds a load-control cap on the net import with it: the fleet
+may import ``cap - site_kw``. ``to_dict`` writes it only when there is one, so a payload without
+it reads and writes back unchanged.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ UNIT = "kW"
 MAX_PERIODS = int(HOURS_RANGE[1] * (timedelta(hours=1) / PERIOD))  # 48 h: 192
 MAX_DEVICES = 1000
 FIELDS = ("version", "ok", "breaches", "start", "resolution", "unit", "devices")
+OPTIONAL_FIELDS = ("site_kw",)
 
 
 def _values(value: Any, where: str) -> tuple[float | None, ...]:
@@ -74,13 +84,19 @@ class FleetSchedule:
     breaches: tuple[str, ...]
     start: datetime  # aware, the first period's start
     devices: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict, hash=False)
+    site_kw: tuple[float | None, ...] | None = None  # base load - PV per period; None: not given
 
     def __post_init__(self) -> None:  # frozen, and no dict anyone else may change
         object.__setattr__(self, "devices", MappingProxyType(dict(self.devices)))
+        if self.site_kw is not None:
+            object.__setattr__(self, "site_kw", tuple(self.site_kw))
 
     @property
     def periods(self) -> int:
-        return max((len(values) for values in self.devices.values()), default=0)
+        lengths = [len(values) for values in self.devices.values()]
+        if self.site_kw is not None:
+            lengths.append(len(self.site_kw))
+        return max(lengths, default=0)
 
     @property
     def end(self) -> datetime:
@@ -95,9 +111,17 @@ class FleetSchedule:
             if 0 <= index < len(values) and values[index] is not None
         }
 
+    def site_kw_at(self, now: datetime) -> float | None:
+        """The site's inflexible net import (base load - PV, kW) for the period holding ``now``;
+        None when the schedule has none, the period is outside it or its value is unknown."""
+        if self.site_kw is None:
+            return None
+        index = (now - self.start) // PERIOD
+        return self.site_kw[index] if 0 <= index < len(self.site_kw) else None
+
     @classmethod
     def from_dict(cls, data: Any) -> Self:
-        schedule = fields(data, "schedule", FIELDS, exact=False)
+        schedule = fields(data, "schedule", FIELDS, OPTIONAL_FIELDS, exact=False)
         version = schedule["version"]
         if version is not None:
             version = text(version, "version", max_length=100, printable=True)
@@ -120,10 +144,15 @@ class FleetSchedule:
         lengths = {len(v) for v in devices.values()}
         if len(lengths) > 1:
             fail("devices", f"the devices have different numbers of periods ({sorted(lengths)})")
-        return cls(version, ok, breaches, start, devices)
+        site_kw = None
+        if schedule.get("site_kw") is not None:  # absent (or null): no site figures
+            site_kw = _values(schedule["site_kw"], "site_kw")
+            if lengths and len(site_kw) not in lengths:
+                fail("site_kw", f"has {len(site_kw)} periods; the devices have {lengths.pop()}")
+        return cls(version, ok, breaches, start, devices, site_kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": self.version,
             "ok": self.ok,
             "breaches": list(self.breaches),
@@ -132,3 +161,6 @@ class FleetSchedule:
             "unit": UNIT,
             "devices": {device: list(values) for device, values in self.devices.items()},
         }
+        if self.site_kw is not None:
+            out["site_kw"] = list(self.site_kw)
+        return out

@@ -15,7 +15,14 @@ Two arrows, both through the VEN's outbox state (JSON in SQLite, read by other p
       {"connected": 2, "under_frbc": 2, "cap_kw": 180.0 | null, "shortfall_kw": 0.0,
        "dropped_measurements": 0,
        "devices": {"bat_01": {"power_kw": 12.5 | null, "fill_kwh": 48.2 | null,
-                              "setpoint_kw": 12.5 | null, "connected": true}, ...}}
+                              "setpoint_kw": 12.5 | null, "connected": true}, ...},
+       "fleet_kw": 25.0, "site_kw": 100.0, "net_import_kw": 125.0}    # optional, see below
+
+  The site figures are optional (written only when known; a report without them, as older VENs
+  wrote it, stays valid): ``fleet_kw`` the fleet's measured power (the connected devices' last
+  measurements, charging positive), ``site_kw`` the site's inflexible net import for the current
+  quarter-hour (base load - PV, kW, as the fleet schedule planned it: a forecast, not a meter) and
+  ``net_import_kw`` = fleet_kw + site_kw, the import at the connection a load-control cap holds.
 
 Inside the VEN process the CEM and the fleet controller share ``cem.server.DeviceState`` objects
 (with s2-python models) and call ``Cem.apply_setpoint(name, kW)``; this contract is their JSON
@@ -129,13 +136,16 @@ class DeviceStatus:
 
 
 FLEET_FIELDS = ("connected", "under_frbc", "cap_kw", "shortfall_kw", "dropped_measurements", "devices")
+SITE_FIELDS = ("fleet_kw", "site_kw", "net_import_kw")  # optional
 
 
 @dataclass(frozen=True)
 class FleetStatus:
     """The CEM's report (outbox state ``s2``): devices connected and under FRBC control, the
     load-control cap in force (kW, null: none), what of it the fleet cannot deliver (kW),
-    measurements dropped (no such sensor on the site) and each device's status."""
+    measurements dropped (no such sensor on the site) and each device's status; optionally the
+    fleet's measured power, the site's planned inflexible net import (base load - PV) and their
+    sum, the net import at the connection (kW, None: unknown)."""
 
     connected: int
     under_frbc: int
@@ -143,13 +153,16 @@ class FleetStatus:
     shortfall_kw: float
     dropped_measurements: int
     devices: Mapping[str, DeviceStatus] = field(default_factory=dict, hash=False)
+    fleet_kw: float | None = None
+    site_kw: float | None = None
+    net_import_kw: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", MappingProxyType(dict(self.devices)))
 
     @classmethod
     def from_dict(cls, data: Any) -> Self:
-        status = fields(data, "s2", FLEET_FIELDS)
+        status = fields(data, "s2", FLEET_FIELDS, SITE_FIELDS)
         devices = _devices(status["devices"], "devices")
         shortfall = finite_number(status["shortfall_kw"], "shortfall_kw")
         if shortfall < 0:
@@ -164,6 +177,7 @@ class FleetStatus:
                 device: DeviceStatus.from_dict(item, f"devices.{clip(device, 30)}")
                 for device, item in devices.items()
             },
+            *(optional_finite(status.get(key), key) for key in SITE_FIELDS),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,4 +188,5 @@ class FleetStatus:
             "shortfall_kw": self.shortfall_kw,
             "dropped_measurements": self.dropped_measurements,
             "devices": {device: status.to_dict() for device, status in self.devices.items()},
+            **{key: value for key in SITE_FIELDS if (value := getattr(self, key)) is not None},
         }

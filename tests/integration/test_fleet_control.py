@@ -180,3 +180,153 @@ def test_the_follower_reads_the_schedule_through_its_contract_and_keeps_its_copy
     box.set_state("schedule", {**served, "unit": "W", "etag": '"v0"'})  # a copy gone bad
     broken = ScheduleFollower(client, box)
     assert broken.setpoints(start) == {} and broken._etag is None  # the next fetch asks afresh
+
+
+def test_a_negative_allowance_discharges_the_batteries_to_their_floors():
+    """cap − site_kw below zero (the base load alone over the cap): the fleet must export; each
+    device goes at most to its min_kw, and what even that cannot give is the shortfall."""
+    devices = [Flex("bat_01", 10, -50), Flex("bat_02", 0, -50), Flex("ev_01", 0, 0)]
+    targets, shortfall = allocate(devices, -40)  # 50 kW to shed; rooms 60, 50, 0
+    assert sum(targets.values()) == pytest.approx(-40) and shortfall == 0
+    assert targets["bat_01"] == pytest.approx(10 - 60 * 50 / 110) and targets["ev_01"] == 0
+    targets, shortfall = allocate(devices, -150)  # more than the batteries can discharge
+    assert targets == {"bat_01": -50, "bat_02": -50, "ev_01": 0}
+    assert shortfall == pytest.approx(50)
+
+
+def _site_schedule(start: datetime, site_kw: list[float | None] | None, kw: float = 50.0) -> dict:
+    """A served schedule: every battery at ``kw`` for 4 h, and the site's base load − PV."""
+    from tests.helpers.s2 import FLEET
+
+    served = {
+        "version": "v-site",
+        "ok": True,
+        "breaches": [],
+        "start": start.isoformat(),
+        "resolution": "PT15M",
+        "unit": "kW",
+        "devices": {b.name: [kw] * 16 for b in FLEET.batteries},
+    }
+    if site_kw is not None:
+        served["site_kw"] = site_kw
+    return served
+
+
+def _follower(outbox, answers: list[dict]):
+    """A ScheduleFollower whose FlexMeasures answers each fetch with the next schedule."""
+    import json
+    from types import SimpleNamespace
+
+    from cem.schedule_follower import ScheduleFollower
+
+    def get_schedule(hours, etag=None):
+        body = answers.pop(0)
+        return SimpleNamespace(status=200, text=json.dumps(body), etag=f'"{len(answers)}"', accepted=True)
+
+    return ScheduleFollower(SimpleNamespace(get_schedule=get_schedule), outbox)
+
+
+def _batteries_under_frbc(cem, fill_kwh: float, power_kw: float) -> None:
+    from cariflex.s2.devices import battery_model
+    from tests.helpers.s2 import FLEET
+
+    for battery in FLEET.batteries:
+        state = cem.device(battery.name)
+        state.connected = state.frbc = True
+        state.description = battery_model(battery).description
+        state.fill_level, state.power_w = fill_kwh, power_kw * 1000
+
+
+def test_the_cap_holds_on_the_net_import_with_the_planned_base_load_minus_pv(tmp_path):
+    """Cap 180 kW (30 % of 600), the 10 batteries asked for 500 kW: with the base load taking
+    100 kW (night) the fleet gets 80 kW; with a 300 kW PV surplus (noon) 480 kW; not known: the
+    cap on the fleet alone, 180 kW, as before; base load over the cap: the batteries discharge."""
+    from cariflex.fleet import load_fleet
+    from cem.fleet_control import FleetController
+    from cem.schedule_follower import period_start
+    from cem.server import Cem
+    from ven_bridge.outbox import Outbox
+
+    start = period_start(datetime.now(UTC))
+    box, cem = Outbox(tmp_path), Cem()
+    follower = _follower(box, [_site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
+    assert follower.fetch()
+    period = [start + timedelta(minutes=15 * i + 7) for i in range(4)]
+    assert [follower.site_kw(t) for t in period] == [100.0, -300.0, None, 300.0]
+    assert follower.site_kw(start - timedelta(minutes=1)) is None
+    assert follower.site_kw(start + timedelta(hours=4)) is None
+    _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=0.0)
+    controller = FleetController(load_fleet(), cem, box, follower=follower)
+
+    def fleet_import(now: datetime) -> tuple[float, float, float | None]:
+        targets, shortfall, cap = controller.targets(now)
+        return round(sum(targets.values()), 6), round(shortfall, 6), cap
+
+    # No event: the schedule as it is, whatever the site does.
+    assert [fleet_import(t) for t in period] == [(500.0, 0.0, None)] * 4
+    event = {"status": "far", "intervals": [{"start": start.isoformat(), "duration": "PT4H", "value": 0.3}]}
+    box.set_state("load_control_events", {"lc": event})
+    assert controller.capacity_kw * 0.3 == pytest.approx(180)
+    assert fleet_import(period[0]) == (80.0, 0.0, 180.0)  # night: 180 − 100
+    assert fleet_import(period[1]) == (480.0, 0.0, 180.0)  # noon: 180 + 300
+    assert fleet_import(period[2]) == (180.0, 0.0, 180.0)  # unknown: the fleet alone
+    assert fleet_import(period[3]) == (-120.0, 0.0, 180.0)  # 180 − 300: the batteries discharge
+    _batteries_under_frbc(cem, fill_kwh=10.0, power_kw=0.0)  # at their floors: nothing to give
+    assert fleet_import(period[3]) == (0.0, 120.0, 180.0)
+
+    # Without site_kw in the schedule (an older plugin, a fleet without PV and base load): as before.
+    controller.follower = _follower(box, [_site_schedule(start, None)])
+    assert controller.follower.fetch()
+    _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=0.0)
+    assert [fleet_import(t) for t in period] == [(180.0, 0.0, 180.0)] * 4
+
+
+def test_status_shows_the_fleet_the_planned_site_and_the_net_import(tmp_path):
+    """After a control round the report (outbox state "s2", what cariflex-ven status prints) has
+    the fleet's measured power, the planned base load − PV and their sum, the net import."""
+    import asyncio
+    import json
+
+    from click.testing import CliRunner
+
+    from cariflex.contracts.s2_device import FleetStatus
+    from cariflex.fleet import load_fleet
+    from cem.fleet_control import FleetController
+    from cem.schedule_follower import period_start
+    from cem.server import Cem
+    from ven_bridge.cli import cli
+    from ven_bridge.outbox import Outbox
+
+    start = period_start(datetime.now(UTC))
+    box, cem = Outbox(tmp_path), Cem()
+    follower = _follower(box, [_site_schedule(start, [100.0] * 16, kw=8.0)])
+    assert follower.fetch()
+    _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=8.0)  # 10 x 8 kW measured
+    controller = FleetController(load_fleet(), cem, box, follower=follower)
+    asyncio.run(controller.step())
+    status = controller.status()
+    assert (status["fleet_kw"], status["site_kw"], status["net_import_kw"]) == (80.0, 100.0, 180.0)
+    assert FleetStatus.from_dict(status).to_dict() == status
+    box.set_state("s2", status)
+    box.close()
+
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["status", "--state-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "site: net import 180.0 kW = fleet 80.0 kW (measured) + base load − PV 100.0 kW "
+        "(planned for this quarter-hour, a forecast)"
+    ) in shown.output
+    as_json = runner.invoke(cli, ["status", "--json", "--state-dir", str(tmp_path)])
+    s2 = json.loads(as_json.output)["s2"]
+    assert (s2["fleet_kw"], s2["site_kw"], s2["net_import_kw"]) == (80.0, 100.0, 180.0)
+
+    # A schedule without the site's figure: the fleet still shows, the site is unknown.
+    box = Outbox(tmp_path)
+    controller.follower = _follower(box, [_site_schedule(start, None, kw=8.0)])
+    assert controller.follower.fetch()
+    asyncio.run(controller.step())
+    box.set_state("s2", controller.status())
+    box.close()
+    shown = runner.invoke(cli, ["status", "--state-dir", str(tmp_path)]).output
+    assert "site: net import unknown = fleet 80.0 kW (measured) + base load − PV unknown (not in" in shown

@@ -251,3 +251,61 @@ def test_a_bad_configured_horizon_is_a_recorded_refusal(replanning, cli, fm_db, 
         refused.exit_code == 1
         and f"Error: {status['error'].replace('CARIFLEX_SCHEDULE_HORIZON', '--horizon')}" in refused.output
     )
+
+
+def test_the_served_schedule_carries_the_planned_base_load_minus_pv(replanning, fm_db, fleet, token):
+    """The packaged fleet (10 PV sites, a 150 kW base load): with PV and base-load forecasts stored,
+    GET /schedule carries ``site_kw`` = base load − PV per period, averaged from the 1-minute
+    beliefs the re-plan knew (its version); PV sites without a forecast count 0, periods without a
+    base-load forecast are unknown; a forecast stored after the re-plan changes nothing served."""
+    import pandas as pd
+
+    from cariflex.site_model import SITE_LOAD, SOURCE_FORECASTER
+    from flexmeasures_cariflex.data.queries.site import ensure_source, site_sensors
+    from flexmeasures_cariflex.data.services.beliefs import insert_beliefs
+    from flexmeasures_cariflex.data.services.weather import PV_SOURCE
+
+    app = replanning
+    begin = pd.Timestamp(THIS_HOUR)
+    minutes = pd.date_range(begin, begin + pd.Timedelta(hours=8), freq="1min", inclusive="left")
+    quarter = (minutes - begin) // pd.Timedelta(minutes=15)
+    # the base load: 100 + minute-in-quarter (mean 107 kW) + 10 kW per quarter mod 4; 5 h known
+    load = pd.Series(100.0 + minutes.minute % 15 + 10 * (quarter % 4), index=minutes)[: 5 * 60]
+    # PV: site k produces k kW in odd quarters, 0 in even ones, for 4 h; pv_10 has no forecast
+    pv = {
+        p.name: pd.Series(float(k) * (quarter % 2), index=minutes)[: 4 * 60]
+        for k, p in enumerate(fleet.pv[:9], start=1)
+    }
+    sensors = site_sensors(fleet)
+    made = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)).to_pydatetime()
+    insert_beliefs({sensors[SITE_LOAD]: load}, ensure_source(*SOURCE_FORECASTER), made)
+    insert_beliefs({sensors[f"{n}_power"]: s for n, s in pv.items()}, ensure_source(*PV_SOURCE), made)
+    fm_db.session.commit()
+
+    post_event(app, token, prices_from_now(0))
+    settle(app)
+    answer = get_schedule(app, token, hours="6")
+    assert answer.status_code == 200, answer.json
+    body = answer.json
+    assert body["ok"] is True and FleetSchedule.from_dict(body).to_dict() == body
+    start = pd.Timestamp(body["start"])
+    produced = sum(pv.values()).resample("15min").mean()
+    expected = [
+        None
+        if period not in load.index
+        else round(load.resample("15min").mean()[period] - produced.get(period, 0.0), 4)
+        for period in pd.date_range(start, periods=24, freq="15min")
+    ]
+    assert len(body["site_kw"]) == len(body["devices"]["bat_01"]) == 24
+    assert body["site_kw"] == pytest.approx(expected), (body["site_kw"], expected)
+    assert body["site_kw"][0] is not None and None in body["site_kw"]  # 5 h known of the 6 served
+    assert FleetSchedule.from_dict(body).site_kw_at(start.to_pydatetime()) == pytest.approx(expected[0])
+
+    # A newer forecast, stored after the re-plan: not what the plan assumed, so not served.
+    insert_beliefs({sensors[SITE_LOAD]: load + 500}, ensure_source(*SOURCE_FORECASTER), datetime.now(UTC))
+    fm_db.session.commit()
+    again = get_schedule(app, token, hours="6")
+    moved = (pd.Timestamp(again.json["start"]) - start) // pd.Timedelta(minutes=15)  # a boundary passed?
+    assert again.json["site_kw"][: 24 - moved] == body["site_kw"][moved:]
+    if not moved:
+        assert get_schedule(app, token, hours="6", etag=answer.headers["ETag"]).status_code == 304

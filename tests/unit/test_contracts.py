@@ -491,12 +491,13 @@ def test_durations_travel_unchanged(length):
 # --- the fleet schedule --------------------------------------------------------------------------
 
 
-def schedule_payload(start: datetime | None = None, periods: int = 16) -> dict:
-    """What replan.current_schedule returns and GET /schedule serves (hours=4: 16 periods)."""
+def schedule_payload(start: datetime | None = None, periods: int = 16, site: bool = False) -> dict:
+    """What replan.current_schedule returns and GET /schedule serves (hours=4: 16 periods); with
+    ``site``, the site's base load − PV per period (a fleet with PV or a base load)."""
     import pandas as pd
 
     begin = pd.Timestamp(start or datetime.now(UTC)).floor("15min")
-    return {
+    payload = {
         "version": pd.Timestamp.now(tz="UTC").to_pydatetime().isoformat(),
         "ok": True,
         "breaches": ["ev_03: leaves at 2026-11-25 07:00 with 30.2 kWh, needs 40 kWh (80 %): 9.8 kWh short"],
@@ -509,6 +510,9 @@ def schedule_payload(start: datetime | None = None, periods: int = 16) -> dict:
             "bat_02": [None] * periods,
         },
     }
+    if site:  # night (base load), noon (PV surplus), unknown
+        payload["site_kw"] = [[100.0, -300.0, None, 0.0][i % 4] for i in range(periods)]
+    return payload
 
 
 NEVER_PLANNED = {
@@ -522,10 +526,39 @@ NEVER_PLANNED = {
 }
 
 
-@pytest.mark.parametrize("payload", [schedule_payload(), schedule_payload(periods=192), NEVER_PLANNED])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        schedule_payload(),
+        schedule_payload(periods=192),
+        NEVER_PLANNED,
+        schedule_payload(site=True),
+        schedule_payload(periods=192, site=True),
+        {**NEVER_PLANNED, "site_kw": [150.0, None]},
+    ],
+)
 def test_the_served_schedule_passes_and_comes_back_unchanged(payload):
     schedule = FleetSchedule.from_dict(copy.deepcopy(payload))
     assert schedule.to_dict() == payload and list(schedule.to_dict()) == list(payload)
+
+
+def test_site_kw_is_optional_both_ways_and_read_per_period():
+    """A schedule without site_kw (an older plugin, a fleet without PV and base load) reads as None
+    and writes back without it; with it, site_kw_at gives the period's figure."""
+    old = schedule_payload()
+    read = FleetSchedule.from_dict(old)
+    assert read.site_kw is None and "site_kw" not in read.to_dict()
+    assert FleetSchedule.from_dict({**old, "site_kw": None}).to_dict() == old  # null: none given
+    start = datetime.fromisoformat(old["start"])
+    assert FleetSchedule.from_dict(old).site_kw_at(start) is None
+    schedule = FleetSchedule.from_dict(schedule_payload(site=True))
+    expected = {-1: None, 0: 100.0, 14: 100.0, 15: -300.0, 30: None, 45: 0.0, 239: 0.0, 240: None}
+    for minutes, kw in expected.items():
+        assert schedule.site_kw_at(start + timedelta(minutes=minutes)) == kw, minutes
+    assert schedule.end == start + timedelta(hours=4)
+    only_site = FleetSchedule(None, None, (), start, {}, (12.5, None))  # no devices: the site's periods
+    assert only_site.periods == 2 and only_site.site_kw_at(start) == 12.5
+    assert FleetSchedule.from_dict(only_site.to_dict()) == only_site
 
 
 def test_the_follower_s_copy_and_its_reading_agree():
@@ -576,6 +609,18 @@ REFUSED_SCHEDULES = {
         {**NEVER_PLANNED, "devices": {"": [None]}},
         ("devices: must be a non-empty string",),
     ),
+    "site_kw not a list": ({**NEVER_PLANNED, "site_kw": 100.0}, ("site_kw: must be a list",)),
+    "site_kw text": ({**NEVER_PLANNED, "site_kw": ["100", None]}, ("site_kw[0]: '100' is not a number",)),
+    "site_kw NaN": ({**NEVER_PLANNED, "site_kw": [None, math.nan]}, ("site_kw[1]: nan is not a finite",)),
+    "site_kw boolean": ({**NEVER_PLANNED, "site_kw": [True, None]}, ("site_kw[0]: ",)),
+    "site_kw other periods": (
+        {**NEVER_PLANNED, "site_kw": [1.0, 2.0, 3.0]},
+        ("site_kw: has 3 periods; the devices have 2",),
+    ),
+    "site_kw too long": (
+        {**NEVER_PLANNED, "devices": {}, "site_kw": [0.0] * (MAX_PERIODS + 1)},
+        ("site_kw: has 193 periods",),
+    ),
 }
 
 
@@ -588,7 +633,7 @@ def test_an_unusable_schedule_is_refused_naming_the_field(case):
 @PROPERTY
 @given(data=st.data())
 def test_a_schedule_mutated_anywhere_gives_a_contract_error_or_a_schedule(data):
-    valid = data.draw(st.sampled_from([schedule_payload(T0), NEVER_PLANNED]))
+    valid = data.draw(st.sampled_from([schedule_payload(T0), schedule_payload(T0, site=True), NEVER_PLANNED]))
     assert_only_contract_errors(FleetSchedule, _mutated(data, valid))
 
 
@@ -635,6 +680,29 @@ def test_the_cem_s_report_passes_and_comes_back_unchanged():
     assert report.devices["bat_01"].power_kw == 12.513 and report.devices["ev_01"].power_kw is None
     idle = {**status, "cap_kw": None, "shortfall_kw": 0.0, "devices": {}}
     assert FleetStatus.from_dict(idle).to_dict() == idle
+    # The site figures: the fleet's measured power (connected fleet devices), the planned base
+    # load − PV of the quarter-hour (set by a control round) and the net import, their sum.
+    assert status["fleet_kw"] == 12.513 and "site_kw" not in status and "net_import_kw" not in status
+    controller.site_kw = 100.0
+    site = controller.status()
+    assert (site["fleet_kw"], site["site_kw"], site["net_import_kw"]) == (12.513, 100.0, 112.513)
+    assert FleetStatus.from_dict(copy.deepcopy(site)).to_dict() == site
+    cem.devices["bat_01"].connected = False  # no measured device: no fleet figure, no net import
+    assert {k: controller.status().get(k) for k in ("fleet_kw", "site_kw", "net_import_kw")} == {
+        "fleet_kw": None,
+        "site_kw": 100.0,
+        "net_import_kw": None,
+    }
+
+
+def test_a_report_without_the_site_figures_stays_valid_both_ways():
+    """Written by a VEN from before the site figures: read as unknown, written back unchanged."""
+    report = FleetStatus.from_dict(copy.deepcopy(GOOD_STATUS))
+    assert (report.fleet_kw, report.site_kw, report.net_import_kw) == (None, None, None)
+    assert report.to_dict() == GOOD_STATUS
+    with_site = {**GOOD_STATUS, "fleet_kw": 1.5, "site_kw": -300.0, "net_import_kw": -298.5}
+    assert FleetStatus.from_dict(with_site).to_dict() == with_site
+    assert FleetStatus.from_dict({**GOOD_STATUS, "site_kw": None}).to_dict() == GOOD_STATUS
 
 
 def test_device_status_of_anything_shaped_like_the_cem_s_state():
@@ -670,6 +738,10 @@ GOOD_STATUS = {
             "devices.bat_01.connected: must be true or false",
         ),
         ({k: v for k, v in GOOD_STATUS.items() if k != "devices"}, "s2: missing field(s) devices"),
+        ({**GOOD_STATUS, "site_kw": "lots"}, "site_kw: 'lots' is not a number"),
+        ({**GOOD_STATUS, "net_import_kw": math.inf}, "net_import_kw: inf is not a finite number"),
+        ({**GOOD_STATUS, "fleet_kw": [1.0]}, "fleet_kw: "),
+        ({**GOOD_STATUS, "site": 1.0}, "s2: unknown field(s) site"),
     ],
 )
 def test_an_unusable_report_is_refused_naming_the_field(payload, fragment):
@@ -680,6 +752,8 @@ def test_an_unusable_report_is_refused_naming_the_field(payload, fragment):
 @given(data=st.data())
 def test_s2_payloads_mutated_anywhere_give_contract_errors_or_objects(data):
     assert_only_contract_errors(FleetStatus, _mutated(data, GOOD_STATUS))
+    site = {**GOOD_STATUS, "fleet_kw": 1.5, "site_kw": 100.0, "net_import_kw": 101.5}
+    assert_only_contract_errors(FleetStatus, _mutated(data, site))
     assert_only_contract_errors(Setpoints, _mutated(data, {"bat_01": 20.0, "ev_01": -3}))
 
 

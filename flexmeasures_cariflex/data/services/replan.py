@@ -38,6 +38,8 @@ from sqlalchemy import select, text
 from cariflex import inputs, settings
 from cariflex.contracts.fleet_schedule import FleetSchedule
 from cariflex.fleet import Fleet
+from cariflex.site_model import SITE_LOAD
+from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, series_per_sensor
 from flexmeasures_cariflex.data.queries.site import require_site
 from flexmeasures_cariflex.data.services.fleet_schedule import (
     QUARTER,
@@ -262,7 +264,8 @@ def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) ->
     (the contract ``cariflex.contracts.fleet_schedule``; GET /schedule serves its ``to_dict()``).
 
     Per device, kW per 15-minute period, consumption positive (charging > 0), from the most recent
-    "Cariflex scheduler" beliefs; ``null`` where no schedule covers a period.
+    "Cariflex scheduler" beliefs; ``null`` where no schedule covers a period. With PV or a base load
+    in the fleet, ``site_kw``: base load − PV per period as the plan assumed it (``planned_site_kw``).
     """
     from flexmeasures_cariflex.data.queries.site import find_source, site_sensors
     from flexmeasures_cariflex.data.services.beliefs import latest_values
@@ -296,4 +299,65 @@ def current_schedule(fleet: Fleet, hours: float, now: datetime | None = None) ->
         breaches=tuple(status.get("breaches", [])),
         start=start.to_pydatetime(),
         devices={name: tuple(values) for name, values in out.items()},
+        site_kw=planned_site_kw(fleet, sensors, grid, _version_time(status.get("version"))),
     )
+
+
+def _version_time(version: Any) -> datetime | None:
+    """The belief time a schedule version names (``result.belief_time.isoformat()``); None if none."""
+    try:
+        moment = datetime.fromisoformat(version) if isinstance(version, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def planned_site_kw(
+    fleet: Fleet, sensors: dict, grid: pd.DatetimeIndex, known_before: datetime | None
+) -> tuple[float | None, ...] | None:
+    """The site's inflexible net import per period of ``grid`` (15 min, UTC): base load − PV, kW,
+    consumption positive; None for a fleet with neither PV nor a base load.
+
+    What the plan assumed: the latest beliefs of the PV power sensors and ``site_load`` known at the
+    schedule's belief time ``known_before`` (its version; what FlexMeasures read for the inflexible
+    devices), through the one latest-belief reader; without a saved schedule, the latest ones. The
+    1-minute beliefs are averaged per period. A period is unknown (None) when the base load has no
+    belief in it, or, without a base load, when no PV site has one; a PV site without a belief
+    counts 0 (as the scheduler counts it, and never more room under a cap than PV gives).
+    """
+    pv = [sensors[f"{p.name}_power"] for p in fleet.pv if f"{p.name}_power" in sensors]
+    load = sensors.get(SITE_LOAD) if fleet.site.base_load_kw is not None else None
+    if not pv and load is None:
+        return None
+    chosen = [*pv, *([load] if load is not None else [])]
+    if len(grid) == 0:
+        return ()
+    found = series_per_sensor(
+        db.session,
+        BeliefQuery(
+            sensor_ids=[s.id for s in chosen],
+            start=grid[0].to_pydatetime(),
+            end=(grid[-1] + QUARTER).to_pydatetime(),
+            known_before=known_before,
+        ),
+    )
+
+    def per_period(sensor) -> pd.Series:
+        values = found.get(sensor.id, pd.Series(dtype=float))
+        if values.empty:
+            return pd.Series(float("nan"), index=grid)
+        sign = 1 if sensor.get_attribute("consumption_is_positive", False) else -1  # PV counts negative
+        return (sign * values).resample(QUARTER).mean().reindex(grid)
+
+    net = pd.Series(0.0, index=grid)
+    known = pd.Series(load is None, index=grid)
+    if pv:
+        produced = pd.concat([per_period(sensor) for sensor in pv], axis=1)
+        net += produced.sum(axis=1, min_count=1).fillna(0.0)
+        if load is None:
+            known = produced.notna().any(axis=1)
+    if load is not None:
+        consumed = per_period(load)
+        net += consumed.fillna(0.0)
+        known = consumed.notna()
+    return tuple(round(float(v), 4) if ok else None for v, ok in zip(net, known, strict=True))
