@@ -137,6 +137,7 @@ def test_schedule_endpoint_answers_304_until_a_replan_and_refuses_bad_hours(
     assert FleetSchedule.from_dict(first.json).to_dict() == first.json  # what the follower reads
     assert all(len(v) == 16 and None not in v for v in first.json["devices"].values())
     etag = first.headers["ETag"]
+    assert etag == f'"{first.json["version"]}|{first.json["start"]}|4"'  # checked before the payload is built
     assert get_schedule(app, token, etag=etag).status_code == 304
     post_event(app, token, prices_from_now(1, [0.5] * 30))
     settle(app)
