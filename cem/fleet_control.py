@@ -4,35 +4,46 @@ Setpoints come from the FlexMeasures fleet schedule (``ScheduleFollower``: the c
 value per device), overridden per device by an operator's ``cariflex-ven setpoint DEVICE KW``
 (outbox state). While a load-control event is active, the site's net import at the connection is
 capped at level × the site's normal capacity: the fleet may import the cap minus the site's
-inflexible net import (base load − PV) the fleet schedule planned for the current quarter-hour
-(``ScheduleFollower.site_kw``: a forecast, not a meter). That allowance is above the cap when PV
-exceeds the base load (noon), below it when the base load takes its share (night), and negative
-when the base load alone is over the cap: the batteries then discharge. Without that figure (no
-schedule, a fleet without PV and base load, an unknown period) the cap holds on the fleet's own
-import, as before. Charging is lowered and discharging raised, the effort shared in proportion to
-what each device can still give without going below its minimum fill level (an EV never below the
-energy its departure needs). What cannot be delivered is reported as the shortfall.
+inflexible net import (base load − PV). That figure is *measured* when every PV site and the base
+load (the metered S2 resources, NOT_CONTROLABLE: cariflex.s2.meters) reported within the last
+``MEASURED_MAX_AGE_S`` (by the CEM's own clock, whatever the RM's timestamps say); otherwise it is
+what the fleet schedule planned for the current quarter-hour (``ScheduleFollower.site_kw``, a
+forecast); without either (no schedule, a fleet without PV and base load, an unknown period) the
+cap holds on the fleet's own import, as before. The allowance is above the cap when PV exceeds the
+base load (noon), below it when the base load takes its share (night), and negative when the base
+load alone is over the cap: the batteries then discharge. A measured figure is held with a small
+deadband (``SITE_DEADBAND_KW``): it tightens the allowance at once but loosens it only by whole
+steps, so that a figure moving by watts does not re-instruct every device every round. Charging is
+lowered and discharging raised, the effort shared in proportion to what each device can still
+give without going below its minimum fill level (an EV never below the energy its departure
+needs). What cannot be delivered is reported as the shortfall. Metered resources never get a
+setpoint: only batteries and EV chargers take part.
 
 Measurements from the resource managers leave as 1-minute averages through the outbox (one entry
 per sensor per minute, never a request per S2 message), and only for sensors the site model has:
 a resource manager that is not a device of the fleet (or a value the site has no sensor for) is
-logged once and dropped here, never queued for a sensor FlexMeasures does not have.
+logged once and dropped here, never queued for a sensor FlexMeasures does not have. A metered
+resource's average goes to its sensor (``pv_01_power``, ``site_load``) in that sensor's sign
+(``consumption_is_positive`` in cariflex.site_model): S2's consumption-positive watts of a PV site
+become production-positive kW.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cariflex.contracts.openadr_event import LOAD_CONTROL, ContractError, Interval
-from cariflex.contracts.s2_device import DeviceStatus, FleetStatus, Setpoints
+from cariflex.contracts.s2_device import DeviceStatus, FleetStatus, MeterStatus, Setpoints
 from cariflex.fleet import Fleet
 from cariflex.json_input import clip, quote
-from cariflex.site_model import sensor_names
+from cariflex.s2.meters import BASE_LOAD, MEASURED_MAX_AGE_S, PV, site_meters
+from cariflex.site_model import child_assets
 from cem.ports import StateStore
 from cem.schedule_follower import ScheduleFollower
 from cem.server import Cem
@@ -40,6 +51,8 @@ from cem.server import Cem
 log = logging.getLogger("cariflex.ven.fleet")
 
 UNKNOWN_LOGGED_MAX = 100  # devices whose dropped measurements are logged (once each)
+SITE_DEADBAND_KW = 1.0  # a held measured site figure is loosened only once it is this much lower
+SITE_STEP_KW = 0.25  # and is held on this grid (rounded up: never less import than measured)
 
 
 @dataclass(frozen=True)
@@ -127,9 +140,19 @@ class FleetController:
         self.limits = {d.name: d for d in (*fleet.batteries, *fleet.ev_chargers)}
         self.shortfall_kw = 0.0
         self.cap_kw: float | None = None
-        self.site_kw: float | None = None  # base load - PV planned for the current quarter-hour
+        self.site_kw: float | None = None  # base load - PV in force (measured, else planned)
+        self.site_source: str | None = None  # "measured" | "planned" | None
+        self.pv_kw: float | None = None  # metered PV production (kW, production positive)
+        self.base_load_kw: float | None = None  # metered base load (kW)
+        self.meters = site_meters(fleet)
+        self._held_site_kw: float | None = None  # the measured figure in force (deadband)
         self._minute: datetime | None = None
-        self.sensors = frozenset(sensor_names(fleet))  # what measurements may be queued for
+        specs = [spec for asset in child_assets(fleet) for spec in asset.sensors]
+        self.sensors = frozenset(spec.name for spec in specs)  # what measurements may be queued for
+        # kW in a sensor's own sign from S2's consumption-positive W
+        self._sign = {
+            spec.name: 1 if spec.attributes.get("consumption_is_positive", True) else -1 for spec in specs
+        }
         self.dropped = 0  # measurements dropped: no such sensor in the site model
         self._dropped_devices: set[str] = set()
 
@@ -184,6 +207,53 @@ class FleetController:
         the fleet schedule carries it; None when unknown."""
         return self.follower.site_kw(now) if self.follower is not None else None
 
+    def measured(self) -> tuple[float | None, float | None]:
+        """Metered PV production and base load (kW, each in its sensor's sign), each None unless
+        every meter of its kind has a fresh reading; a fleet without such meters gives None."""
+        clock = time.monotonic()
+        totals: dict[str, float | None] = {}
+        for meter in self.meters.values():
+            state = self.cem.devices.get(meter.name)
+            fresh = (
+                state is not None
+                and state.metered
+                and state.power_w is not None
+                and state.power_at is not None
+                and clock - state.power_at <= MEASURED_MAX_AGE_S
+            )
+            if meter.kind not in totals:
+                totals[meter.kind] = 0.0
+            if totals[meter.kind] is None or not fresh:
+                totals[meter.kind] = None
+            else:
+                totals[meter.kind] += state.power_w / 1000
+        pv, load = totals.get(PV), totals.get(BASE_LOAD)
+        return (None if pv is None else -pv), load
+
+    def measured_site_kw(self) -> float | None:
+        """Base load − PV (kW) from the meters, when every one of them is fresh; None otherwise."""
+        if not self.meters:
+            return None
+        pv_kw, load_kw = self.measured()
+        kinds = {m.kind for m in self.meters.values()}
+        if (PV in kinds and pv_kw is None) or (BASE_LOAD in kinds and load_kw is None):
+            return None
+        return (load_kw or 0.0) - (pv_kw or 0.0)
+
+    def site(self, now: datetime) -> tuple[float | None, str | None]:
+        """The site's inflexible net import in force and where it comes from: measured (held with
+        the deadband), else planned, else (None, None)."""
+        measured = self.measured_site_kw()
+        if measured is not None:
+            stepped = math.ceil(measured / SITE_STEP_KW - 1e-9) * SITE_STEP_KW
+            held = self._held_site_kw
+            if held is None or stepped > held or stepped <= held - SITE_DEADBAND_KW:
+                self._held_site_kw = held = stepped
+            return held, "measured"
+        self._held_site_kw = None
+        planned = self.planned_site_kw(now)
+        return (planned, "planned") if planned is not None else (None, None)
+
     def allowance(self, cap_kw: float | None, site_kw: float | None) -> float | None:
         """What the fleet may import under a cap on the site's net import: cap − site_kw (above the
         cap when PV exceeds the base load, negative when the base load alone is over it); the cap
@@ -199,7 +269,7 @@ class FleetController:
         setpoints = {**scheduled, **self.operator_setpoints()}  # the operator's win
         level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
         cap = None if level is None else level * self.capacity_kw
-        allowance = self.allowance(cap, self.planned_site_kw(now))
+        allowance = self.allowance(cap, self.site(now)[0])
         flex = []
         for name in self.limits:
             state = self.cem.devices.get(name)
@@ -227,7 +297,9 @@ class FleetController:
     async def step(self) -> None:
         now = datetime.now(UTC)
         targets, shortfall, cap = self.targets(now)
-        site_kw = self.planned_site_kw(now)
+        site_kw, source = self.site(now)
+        if source == "measured":  # shown as the meters read it (the cap holds on the held figure)
+            site_kw = self.measured_site_kw()
         for name, kw in targets.items():
             await self.cem.apply_setpoint(name, kw)
         if shortfall > 0 and shortfall != self.shortfall_kw:
@@ -237,12 +309,14 @@ class FleetController:
                     "fields": {
                         "cap_kw": cap,
                         "site_kw": site_kw,
+                        "site_source": source,
                         "fleet_allowance_kw": self.allowance(cap, site_kw),
                         "shortfall_kw": round(shortfall, 2),
                     }
                 },
             )
-        self.shortfall_kw, self.cap_kw, self.site_kw = shortfall, cap, site_kw
+        self.shortfall_kw, self.cap_kw, self.site_kw, self.site_source = shortfall, cap, site_kw, source
+        self.pv_kw, self.base_load_kw = self.measured()
         self._measurements(now)
 
     def _measurements(self, now: datetime) -> None:
@@ -258,15 +332,18 @@ class FleetController:
         for name, state in self.cem.devices.items():
             samples = [w for t, w in state.power_samples if t >= cutoff]
             state.power_samples = [(t, w) for t, w in state.power_samples if t >= cutoff - 60]
-            if samples and self._known(name, f"{name}_power"):
+            meter = self.meters.get(name) if state.metered else None
+            sensor = meter.sensor if meter is not None else f"{name}_power"
+            if samples and self._known(name, sensor):
+                kw = self._sign.get(sensor, 1) * sum(samples) / len(samples) / 1000
                 self.outbox.add(
                     "measurement",
-                    f"m:{name}_power:{start.isoformat()}",
+                    f"m:{sensor}:{start.isoformat()}",
                     {
-                        "sensor": f"{name}_power",
+                        "sensor": sensor,
                         "start": start.isoformat(),
                         "duration": "PT1M",
-                        "values": [round(sum(samples) / len(samples) / 1000, 4)],
+                        "values": [round(kw, 4) + 0.0],  # (+ 0.0: no -0.0 for a PV site at night)
                         "unit": "kW",
                     },
                 )
@@ -309,20 +386,36 @@ class FleetController:
 
     def status(self) -> dict:
         """The report ``cariflex-ven status`` shows (outbox state ``s2``; contract ``FleetStatus``),
-        with the site's figures: the fleet's measured power, the planned base load − PV of the
-        current quarter-hour and their sum, the net import a load-control cap holds."""
+        with the site's figures: the fleet's measured power, the base load − PV in force (measured,
+        else planned for the current quarter-hour) and their sum, the net import a load-control
+        cap holds; the metered PV and base load, and each metered resource."""
         fleet_kw = self.fleet_kw()
         site_kw = None if self.site_kw is None else round(self.site_kw, 3)
+        devices = {n: d for n, d in sorted(self.cem.devices.items()) if not d.metered}
+        clock = time.monotonic()
+        meters = {
+            n: MeterStatus(
+                None if d.power_w is None else round(d.power_w / 1000, 3),
+                None if d.power_at is None else round(max(0.0, clock - d.power_at), 1),
+                bool(d.connected),
+            )
+            for n, d in sorted(self.cem.devices.items())
+            if d.metered
+        }
         return FleetStatus(
-            connected=sum(d.connected for d in self.cem.devices.values()),
-            under_frbc=sum(d.controllable for d in self.cem.devices.values()),
+            connected=sum(d.connected for d in devices.values()),
+            under_frbc=sum(d.controllable for d in devices.values()),
             cap_kw=self.cap_kw,
             shortfall_kw=round(self.shortfall_kw, 3),
             dropped_measurements=self.dropped,
-            devices={n: DeviceStatus.of(d) for n, d in sorted(self.cem.devices.items())},
+            devices={n: DeviceStatus.of(d) for n, d in devices.items()},
             fleet_kw=fleet_kw,
             site_kw=site_kw,
             net_import_kw=None if fleet_kw is None or site_kw is None else round(fleet_kw + site_kw, 3),
+            pv_kw=None if self.pv_kw is None else round(self.pv_kw, 3) + 0.0,
+            base_load_kw=None if self.base_load_kw is None else round(self.base_load_kw, 3),
+            site_source=self.site_source,
+            meters=meters,
         ).to_dict()
 
     async def run(self, stopping: asyncio.Event) -> None:

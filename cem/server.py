@@ -9,7 +9,12 @@ trap 9), so the CEM role is ours. One ``RmSession`` per connection:
   closed (4401 / 4404 / 4403, see ``CLOSE_CODES``) and logged, and nothing of it reaches any device's
   state or session. Only an authenticated connection of the same device replaces a live session
   (4409 to the old one): that is a real device coming back after a network drop;
-- handshake (version "0.0.2-beta"), ResourceManagerDetails, then FILL_RATE_BASED_CONTROL;
+- handshake (version "0.0.2-beta"), ResourceManagerDetails, then FILL_RATE_BASED_CONTROL for a
+  battery or EV charger, NOT_CONTROLABLE for a metered resource (a PV site, the base load:
+  cariflex.s2.meters), which then only reports PowerMeasurement: no instruction ever goes to it, an
+  FRBC message from it is refused, and a reading outside its plausible range is refused (never
+  clipped). A power value that is not finite (s2-python reads the JSON string "NaN" as nan) is
+  refused from any device;
 - every frame the CEM can read gets exactly one ReceptionStatus: OK, INVALID_DATA when it is not
   JSON we accept (cariflex.json_input: nesting over ``MAX_FRAME_DEPTH``, NaN/Infinity, NUL, …), not
   a JSON object, or when s2-python cannot parse it (unknown type, non-UUID ids, naive timestamps),
@@ -27,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import ssl
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +56,7 @@ from s2python.common import (
     RevokableObjects,
     RevokeObject,
     SelectControlType,
+    SessionRequest,
 )
 from s2python.frbc import (
     FRBCActuatorStatus,
@@ -67,6 +74,7 @@ from websockets.exceptions import ConnectionClosed
 from cariflex.json_input import MAX_DEPTH, JsonInputError, load_json, quote
 from cariflex.s2.credentials import CLOSE_NOT_PAIRED, CLOSE_REPLACED, CLOSE_UNKNOWN_DEVICE, CLOSE_WRONG_DEVICE
 from cariflex.s2.devices import POWER
+from cariflex.s2.meters import Meter
 from cariflex.s2.translator import NoUsableMode, Translation, translate
 from cariflex.s2.validation import check_instruction, check_system_description
 from cem.pairing import Pairing, PairingStore, Refusal
@@ -83,7 +91,7 @@ PAIRING_POLL_S = 1.0  # how often the CEM looks for pairing changes (revocations
 CLOSE_CODES = {
     CLOSE_NOT_PAIRED: "not paired: no access token, an unknown one, or a revoked one",
     CLOSE_WRONG_DEVICE: "wrong device: the token is paired to another device than the one named",
-    CLOSE_UNKNOWN_DEVICE: "unknown device: not a battery or EV charger of the fleet",
+    CLOSE_UNKNOWN_DEVICE: "unknown device: not a battery, EV charger, PV site or base load of the fleet",
     CLOSE_REPLACED: "replaced by a newer authenticated connection of the same device",
     CLOSE_TOO_BIG: f"message too big: a frame over {MAX_FRAME_BYTES} bytes",
     1008: f"wrong path: S2 lives at {S2_PATH}",
@@ -127,6 +135,7 @@ class DeviceState:
     last_instruction: uuid.UUID | None = None
     last_translation: Translation | None = None
     setpoint_kw: float | None = None
+    metered: bool = False  # a metered resource (NOT_CONTROLABLE): measured, never instructed
 
     @property
     def controllable(self) -> bool:
@@ -152,6 +161,7 @@ class Cem:
 
     ``pairings``: who may connect (cem.pairing); without it every RM is refused.
     ``fleet``: the device names a pairing may be for (None: any paired device).
+    ``meters``: the metered resources among them (cariflex.s2.meters), by name: NOT_CONTROLABLE.
     ``ssl_context``: serve ``wss://`` (see ``server_ssl_context``)."""
 
     def __init__(
@@ -161,11 +171,13 @@ class Cem:
         *,
         pairings: PairingStore | None = None,
         fleet: Collection[str] | None = None,
+        meters: Mapping[str, Meter] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ):
         self.host, self.port = host, port
         self.pairings = pairings
         self.fleet = frozenset(fleet) if fleet is not None else None
+        self.meters: dict[str, Meter] = dict(meters or {})
         self.ssl_context = ssl_context
         self.devices: dict[str, DeviceState] = {}
         self.sessions: dict[str, RmSession] = {}
@@ -432,9 +444,14 @@ class RmSession:
                     CLOSE_WRONG_DEVICE, f"wrong device: the token is {self.pairing.device}'s, not {name}'s"
                 )
                 return self.refusal.reason
-            if ControlType.FILL_RATE_BASED_CONTROL not in message.available_control_types:
+            meter = self.cem.meters.get(name)
+            if meter is not None:
+                if ControlType.NOT_CONTROLABLE not in message.available_control_types:
+                    return f"{name} is a metered resource: it must offer NOT_CONTROLABLE"
+            elif ControlType.FILL_RATE_BASED_CONTROL not in message.available_control_types:
                 return "the Cariflex CEM controls devices through FILL_RATE_BASED_CONTROL only"
             self.state = self.cem.device(name)
+            self.state.metered = meter is not None
             old = self.cem.sessions.get(name)
             if old is not None and old is not self:
                 # Authenticated with this device's token: the device itself, reconnected (the old
@@ -451,6 +468,8 @@ class RmSession:
         if self.state is None:
             return f"{message.message_type} before ResourceManagerDetails"
         state = self.state
+        if state.metered and not isinstance(message, PowerMeasurement | RevokeObject | SessionRequest):
+            return f"{message.message_type} from a metered resource (NOT_CONTROLABLE): only PowerMeasurement"
         if isinstance(message, FRBCSystemDescription):
             problem = check_system_description(message)
             if problem:
@@ -471,6 +490,16 @@ class RmSession:
             values = [v.value for v in message.values if v.commodity_quantity == POWER]
             if not values:
                 return "no 3-phase-symmetric power value"
+            meter = self.cem.meters.get(state.name) if state.metered else None
+            problem = (
+                meter.plausible(values[0])
+                if meter is not None
+                else None
+                if math.isfinite(values[0])
+                else f"power {values[0]!r} W is not a finite number"
+            )
+            if problem:
+                return problem
             state.power_w, state.power_at = values[0], time.monotonic()
             state.power_samples.append((state.power_at, values[0]))
         elif isinstance(message, InstructionStatusUpdate):
@@ -498,6 +527,11 @@ class RmSession:
                 )
             )
             await self.send(HandshakeResponse(message_id=uuid.uuid4(), selected_protocol_version=S2_VERSION))
+        elif isinstance(message, ResourceManagerDetails) and self.state is not None and self.state.metered:
+            await self.send(
+                SelectControlType(message_id=uuid.uuid4(), control_type=ControlType.NOT_CONTROLABLE)
+            )
+            log.info("rm metered (NOT_CONTROLABLE)", extra={"fields": {"device": self.state.name}})
         elif isinstance(message, ResourceManagerDetails) and self.state is not None and not self.state.frbc:
             await self.send(
                 SelectControlType(message_id=uuid.uuid4(), control_type=ControlType.FILL_RATE_BASED_CONTROL)

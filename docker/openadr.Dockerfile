@@ -30,7 +30,8 @@ ENTRYPOINT ["cariflex-vtn"]
 CMD ["serve", "--insecure"]
 
 FROM base AS ven
-RUN pip install --no-cache-dir -c constraints.txt ".[ven]"
+# The VEN and the device simulator, whose PV meters need pvlib (the sim extra).
+RUN pip install --no-cache-dir -c constraints.txt ".[ven,sim]"
 COPY cariflex cariflex
 COPY ven_bridge ven_bridge
 COPY cem cem

@@ -1,5 +1,6 @@
 """The S2 side of one simulated resource manager: its identity, the control types it offers (FRBC,
-NO_SELECTION) and the FRBC messages that report a ``SimDevice``'s state.
+NO_SELECTION for a battery or EV charger; NOT_CONTROLABLE for a metered PV site or base load) and
+the messages that report a ``SimDevice``'s or a ``SimMeter``'s state.
 
 Built on s2-python's ``ResourceManagerHandler`` (the handshake: Handshake ["0.0.2-beta"] →
 HandshakeResponse → ResourceManagerDetails) and ``FRBCControlType`` (the activation). Where
@@ -11,7 +12,8 @@ is the runner's.
 Message sequence per session, RM → CEM: Handshake, (ReceptionStatus for the CEM's Handshake and
 HandshakeResponse), ResourceManagerDetails, (ReceptionStatus for SelectControlType),
 FRBC.SystemDescription, FRBC.StorageStatus, FRBC.ActuatorStatus, PowerMeasurement, then every
-``measure_seconds`` PowerMeasurement + FRBC.StorageStatus.
+``measure_seconds`` PowerMeasurement + FRBC.StorageStatus. A metered resource, once the CEM selected
+NOT_CONTROLABLE: PowerMeasurement at once and every ``measure_seconds``, nothing else.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from s2python.connection.asset_details import AssetDetails
 from s2python.connection.async_.connection import S2AsyncConnection
 from s2python.connection.async_.control_type.class_based import (
     FRBCControlType,
+    NoControlControlType,
     ResourceManagerHandler,
     S2ControlType,
 )
@@ -51,6 +54,7 @@ from s2python.version import S2_VERSION
 
 from cariflex.s2.devices import POWER
 from simulator.devices import SimDevice
+from simulator.site import SimMeter
 from simulator.transport import Reply
 
 INSTRUCTION_PROCESSING_DELAY_MS = 100
@@ -72,6 +76,14 @@ class RmCallbacks(Protocol):
     async def on_no_selection(self) -> None: ...
 
 
+class MeterCallbacks(Protocol):
+    """What NOT_CONTROLABLE's activation calls on a metered RM (``simulator.runner.MeteredRM``)."""
+
+    async def on_metering_activated(self) -> None: ...
+
+    def on_metering_deactivated(self) -> None: ...
+
+
 # --- identity -------------------------------------------------------------------------------------
 
 
@@ -91,6 +103,21 @@ def asset_details(device: SimDevice) -> AssetDetails:
         roles=[Role(role=RoleType.ENERGY_STORAGE, commodity=Commodity.ELECTRICITY)],
         manufacturer="Cariflex",
         model="simulated battery" if device.kind == "battery" else "simulated EV charger",
+    )
+
+
+def meter_details(meter: SimMeter) -> AssetDetails:
+    """What a metered resource's ResourceManagerDetails say: a producer (PV) or a consumer (base
+    load), power measurements only, NOT_CONTROLABLE (the handler adds the control types)."""
+    return AssetDetails(
+        resource_id=resource_id(meter.name),
+        name=meter.name,
+        provides_forecast=False,
+        provides_power_measurements=[POWER],
+        instruction_processing_delay=Duration.from_milliseconds(INSTRUCTION_PROCESSING_DELAY_MS),
+        roles=[Role(role=meter.meter.role, commodity=Commodity.ELECTRICITY)],
+        manufacturer="Cariflex",
+        model="simulated PV meter" if meter.kind == "pv" else "simulated site load meter",
     )
 
 
@@ -131,6 +158,19 @@ class NoSelection(S2ControlType):
 
     async def deactivate(self, connection: S2AsyncConnection) -> None:
         pass
+
+
+class NotControllable(NoControlControlType):
+    """NOT_CONTROLABLE: a metered resource the CEM only reads; activation starts its reports."""
+
+    def __init__(self, rm: MeterCallbacks) -> None:
+        self.rm = rm
+
+    async def activate(self, connection: S2AsyncConnection) -> None:
+        await self.rm.on_metering_activated()
+
+    async def deactivate(self, connection: S2AsyncConnection) -> None:
+        self.rm.on_metering_deactivated()
 
 
 class RmHandler(ResourceManagerHandler):
@@ -221,7 +261,7 @@ def actuator_status(device: SimDevice) -> FRBCActuatorStatus:
     )
 
 
-def power_measurement(device: SimDevice, now: datetime) -> PowerMeasurement:
+def power_measurement(device: SimDevice | SimMeter, now: datetime) -> PowerMeasurement:
     return PowerMeasurement(
         message_id=uuid.uuid4(),
         measurement_timestamp=now,

@@ -1,11 +1,15 @@
-"""``cariflex-sim``: simulated S2 resource managers for the fleet's batteries and EV chargers.
+"""``cariflex-sim``: simulated S2 resource managers for the fleet's batteries and EV chargers, and
+the site's meters (each PV site and the base load, NOT_CONTROLABLE).
 
-    cariflex-sim run [--s2-url ws://127.0.0.1:8765/s2] [--fleet FILE] [--devices bat_01,ev_03]
+    cariflex-sim run [--s2-url ws://127.0.0.1:8765/s2] [--fleet FILE] [--devices bat_01,pv_03,site_load]
+                     [--no-meters] [--seed 1] [--site-time 2030-03-01T12:00-04:00]
                      [--measure-seconds 2] [--cem-timeout-seconds 30] [--ev-presence always|schedule]
                      [--token-file var/sim/s2_tokens.json] [--s2-ca-file CA.pem]
 
-One process, one asyncio loop, one WebSocket (and S2 session) per device. Logs are JSON lines on
-stderr. SIGTERM or SIGINT closes every connection and exits 0.
+One process, one asyncio loop, one WebSocket (and S2 session) per device and per meter. Logs are
+JSON lines on stderr. SIGTERM or SIGINT closes every connection and exits 0. The meters read PV
+production in "actual" weather and the base load with noise (``simulator.site``), both seeded by
+``--seed``; ``--site-time`` starts the meters' clock at another instant (it then runs in real time).
 
 Each device presents its S2 access token, as a paired real device does; the tokens come from
 ``--token-file`` (written by ``cariflex-ven pair DEVICE… --token-file FILE``; the demo does it).
@@ -19,13 +23,16 @@ import logging
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from cariflex import logs, settings
 from cariflex.fleet import FleetError, load_fleet
 from cariflex.s2.credentials import TokenFile
+from cariflex.s2.meters import s2_resources, site_meters
 from simulator.devices import PRESENCE_CHOICES, build_devices
 from simulator.runner import run_fleet
+from simulator.site import DEFAULT_SEED, SiteClock, build_meters
 
 log = logging.getLogger("cariflex.sim")
 
@@ -50,18 +57,28 @@ def _positive(text: str) -> float:
     return value
 
 
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a UTC offset, e.g. {text}-04:00 (site time) or {text}Z")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="cariflex-sim",
-        description="Simulated S2 (FRBC) resource managers for the Cariflex fleet's batteries and "
-        "EV chargers.",
+        description="Simulated S2 resource managers for the Cariflex fleet's batteries and EV chargers "
+        "(FRBC) and the site's PV and base-load meters (NOT_CONTROLABLE).",
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="run one S2 resource manager per device against the CEM",
-        description="Run one S2 resource manager per battery / EV charger, each on its own WebSocket "
-        "to the CEM, until SIGTERM.",
+        help="run one S2 resource manager per device and per meter against the CEM",
+        description="Run one S2 resource manager per battery / EV charger (FRBC) and per PV site / base "
+        "load (NOT_CONTROLABLE, metered), each on its own WebSocket to the CEM, until SIGTERM.",
     )
     run.add_argument(
         "--s2-url",
@@ -74,7 +91,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--devices",
         default=None,
-        help="comma-separated device names to simulate, e.g. bat_01,ev_03 (default: all batteries and EVs)",
+        help="comma-separated names to simulate, e.g. bat_01,ev_03,pv_02,site_load (default: every battery, "
+        "EV charger, PV site and the base load)",
+    )
+    run.add_argument(
+        "--no-meters",
+        action="store_true",
+        help="without --devices: the batteries and EV chargers only, no PV or base-load meter",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seed of the meters' deviations from the forecast weather and the load profile "
+        f"(default {DEFAULT_SEED})",
+    )
+    run.add_argument(
+        "--site-time",
+        type=_instant,
+        default=None,
+        help="the meters' clock starts at this instant (ISO 8601 with offset) and runs in real time "
+        "(default: now), e.g. to show noon's PV at night",
     )
     run.add_argument(
         "--measure-seconds",
@@ -135,13 +172,28 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         fleet = load_fleet(args.fleet)
         names = [n.strip() for n in args.devices.split(",") if n.strip()] if args.devices else None
-        devices = build_devices(fleet, names, ev_presence=args.ev_presence)
+        known = s2_resources(fleet)
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown device(s) {', '.join(unknown)}; the fleet has {', '.join(sorted(known))}"
+            )
+        metered = site_meters(fleet)
+        device_names = [n for n in names if n not in metered] if names else None
+        meter_names = [n for n in names if n in metered] if names else None
+        devices: list = (
+            []
+            if names and not device_names
+            else build_devices(fleet, device_names, ev_presence=args.ev_presence)
+        )
+        if (names and meter_names) or (not names and not args.no_meters):
+            devices += build_meters(fleet, meter_names, seed=args.seed, clock=SiteClock(args.site_time))
     except (FleetError, ValueError) as exc:
         log.error("cannot start", extra={"fields": {"error": str(exc)}})
         print(f"cariflex-sim: {exc}", file=sys.stderr)
         return 2
     if not devices:
-        print("cariflex-sim: the fleet has no batteries or EV chargers", file=sys.stderr)
+        print("cariflex-sim: the fleet has no batteries, EV chargers, PV sites or base load", file=sys.stderr)
         return 2
     url = args.s2_url or default_url()
     tokens = TokenFile(args.token_file or default_token_file())
@@ -157,6 +209,8 @@ async def _run(args: argparse.Namespace) -> int:
                 "url": url,
                 "fleet": fleet.source,
                 "devices": [d.name for d in devices],
+                "seed": args.seed,
+                "site_time": args.site_time.isoformat() if args.site_time else None,
                 "token_file": str(tokens.path),
             }
         },

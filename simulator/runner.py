@@ -1,6 +1,8 @@
 """Simulated resource managers: one per device, each with its physics loop and its own S2 session
 (a WebSocket to the CEM, ``simulator.transport``; the S2 control types, ``simulator.adapters``),
-and the fleet of them in one asyncio loop (``start_fleet``, ``run_fleet``).
+and the fleet of them in one asyncio loop (``start_fleet``, ``run_fleet``). ``ResourceManager`` is
+the session, pairing and reconnection every RM shares; ``SimulatedRM`` a battery or EV charger
+under FRBC, ``MeteredRM`` a PV site or the base load (NOT_CONTROLABLE, ``simulator.site``):
 
 - instructions are checked semantically (``cariflex.s2.validation.check_instruction``) — refused
   ones get INVALID_CONTENT and InstructionStatusUpdate REJECTED, accepted ones ACCEPTED, then at
@@ -38,6 +40,8 @@ from s2python.common import (
     SessionRequest,
     SessionRequestType,
 )
+from s2python.connection.asset_details import AssetDetails
+from s2python.connection.async_.control_type.class_based import S2ControlType
 from s2python.connection.async_.medium.s2_medium import S2MediumException
 from s2python.frbc import FRBCActuatorStatus, FRBCInstruction
 from s2python.message import S2MessageWithID
@@ -47,15 +51,18 @@ from cariflex.s2.credentials import CLOSE_REPLACED, REFUSED, TokenFileError
 from simulator.adapters import (
     FrbcControl,
     NoSelection,
+    NotControllable,
     RmHandler,
     actuator_status,
     asset_details,
+    meter_details,
     power_measurement,
     storage_status,
     system_description,
     timer_status,
 )
 from simulator.devices import SimDevice
+from simulator.site import SimMeter
 from simulator.transport import Reply, RmConnection, RmMedium, client_ssl_context
 
 log = logging.getLogger("cariflex.sim")
@@ -70,19 +77,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class SimulatedRM:
-    """A device, its physics loop and its (re)connecting S2 session. Readable state for tests:
-    ``power_w``, ``fill_level``, ``mode_label``, ``factor``, ``connected``, ``frbc_active``,
-    ``instruction_statuses`` (instruction id → statuses sent), ``rejections`` (id → reason),
-    ``sent`` (recent messages sent), ``sessions`` (count of sessions started), ``closes`` (the
-    CEM's close codes and reasons), ``refused`` (the last refusal, None once accepted again).
+class ResourceManager:
+    """What every simulated resource manager shares, whatever it offers the CEM: the (re)connecting
+    S2 session with its token, backoff and refusals, the messages it sent, and a device loop beside
+    it. ``SimulatedRM`` (a battery or EV charger under FRBC) and ``MeteredRM`` (a PV site or the base
+    load, NOT_CONTROLABLE) differ only in the control types they offer, their device loop and what
+    they do with the CEM's messages. Readable state for tests: ``connected``, ``sent`` (recent
+    messages sent), ``sessions`` (count of sessions started), ``closes`` (the CEM's close codes and
+    reasons), ``refused`` (the last refusal, None once accepted again).
 
     ``tokens``: where the device's access token comes from, anything with ``get(name)`` (a dict,
     or a ``cariflex.s2.credentials.TokenFile``); ``ca_file``: CA of the CEM's certificate (wss)."""
 
     def __init__(
         self,
-        device: SimDevice,
+        details: AssetDetails,
         url: str,
         *,
         measure_seconds: float = 2.0,
@@ -93,7 +102,7 @@ class SimulatedRM:
         tokens: Any = None,
         ca_file: str | Path | None = None,
     ) -> None:
-        self.device = device
+        self.details = details
         self.url = url
         self.measure_seconds = measure_seconds
         self.cem_timeout_seconds = cem_timeout_seconds
@@ -108,43 +117,39 @@ class SimulatedRM:
         self.refused: tuple[int, str] | None = None
         self._token_problem: str | None = None
         self.connected = False
-        self.frbc_active = False
         self.sessions = 0
-        self.instruction_statuses: dict[uuid.UUID, list[InstructionStatus]] = {}
-        self.rejections: dict[uuid.UUID, str] = {}
         self.sent: deque[S2MessageWithID] = deque(maxlen=500)
         self._connection: RmConnection | None = None
-        self._pending: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._change = asyncio.Event()
         self._cem_timer: asyncio.TimerHandle | None = None
-        self._last_advance = time.monotonic()
         self._next_delay: float | None = None
         self._selected = False
-        self._mode_unreported = False  # the device changed mode on its own since the last ActuatorStatus
-        self.details = asset_details(device)
-
-    # --- readable state ---------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self.device.name
+        return self.details.name or str(self.details.resource_id)
 
-    @property
-    def power_w(self) -> float:
-        return self.device.power_w
+    # --- what a kind of resource manager provides ---------------------------------------------
 
-    @property
-    def fill_level(self) -> float:
-        return self.device.fill_level
+    def control_types(self) -> list[S2ControlType]:
+        """The control types offered in ResourceManagerDetails, each with its activation."""
+        raise NotImplementedError
 
-    @property
-    def mode_label(self) -> str:
-        return self.device.mode_label
+    async def device_loop(self) -> None:
+        """Runs beside the sessions for the RM's whole life (physics, periodic reports)."""
+        raise NotImplementedError
 
-    @property
-    def factor(self) -> float:
-        return self.device.factor
+    def session_ended(self) -> None:
+        """A session ended: forget what only held within it."""
+
+    def cem_gone(self) -> None:
+        """No CEM for ``cem_timeout_seconds``."""
+
+    def on_session_request(self, request: SessionRequest) -> None:
+        terminate = request.request == SessionRequestType.TERMINATE
+        self._next_delay = self.backoff_max if terminate else 0.0
+        log.info("cem asked to " + request.request.value.lower(), extra=self._fields())
 
     def _changed(self) -> None:
         event, self._change = self._change, asyncio.Event()
@@ -162,8 +167,8 @@ class SimulatedRM:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Physics loop plus the S2 session, reconnecting until ``stop()``."""
-        physics = asyncio.create_task(self._physics_loop())
+        """The device loop plus the S2 session, reconnecting until ``stop()``."""
+        physics = asyncio.create_task(self.device_loop())
         backoff = self.backoff_min
         try:
             while not self._stop.is_set():
@@ -231,7 +236,7 @@ class SimulatedRM:
     async def _session(self, medium: RmMedium) -> bool:
         """One S2 session; True when it got as far as a control type (backoff then restarts)."""
         connection = RmConnection(medium, self.name)
-        handler = RmHandler(self, [FrbcControl(self), NoSelection(self)], self.details)
+        handler = RmHandler(self, self.control_types(), self.details)
         handler.register_handlers(connection)
         self._connection, self.connected = connection, True
         self.sessions += 1
@@ -248,10 +253,8 @@ class SimulatedRM:
         except Exception as exc:
             log.warning("s2 session ended with an error", extra=self._fields(error=repr(exc)))
         finally:
-            self._connection, self.connected, self.frbc_active = None, False, False
-            for task in self._pending.values():
-                task.cancel()
-            self._pending.clear()
+            self._connection, self.connected = None, False
+            self.session_ended()
             connection.close_watchers()
             with contextlib.suppress(Exception):
                 await medium.disconnect()
@@ -265,6 +268,67 @@ class SimulatedRM:
 
     def _cem_gone(self) -> None:
         self._cem_timer = None
+        self.cem_gone()
+
+    # --- outgoing messages ------------------------------------------------------------------
+
+    async def _send(self, message: S2MessageWithID) -> bool:
+        connection = self._connection
+        if connection is None:
+            return False
+        try:
+            await connection.send_tracked(message)
+        except (S2MediumException, RuntimeError) as exc:
+            log.info("send failed", extra=self._fields(type=message.message_type, error=str(exc)))
+            return False
+        self.sent.append(message)
+        return True
+
+
+class SimulatedRM(ResourceManager):
+    """A battery or EV charger: its physics loop and its S2 session under FRBC. Readable state for
+    tests, beside ``ResourceManager``'s: ``power_w``, ``fill_level``, ``mode_label``, ``factor``,
+    ``frbc_active``, ``instruction_statuses`` (instruction id → statuses sent), ``rejections``
+    (id → reason)."""
+
+    def __init__(self, device: SimDevice, url: str, **options: Any) -> None:
+        super().__init__(asset_details(device), url, **options)
+        self.device = device
+        self.frbc_active = False
+        self.instruction_statuses: dict[uuid.UUID, list[InstructionStatus]] = {}
+        self.rejections: dict[uuid.UUID, str] = {}
+        self._pending: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._last_advance = time.monotonic()
+        self._mode_unreported = False  # the device changed mode on its own since the last ActuatorStatus
+
+    def control_types(self) -> list[S2ControlType]:
+        return [FrbcControl(self), NoSelection(self)]
+
+    def session_ended(self) -> None:
+        self.frbc_active = False
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+
+    # --- readable state ---------------------------------------------------------------------
+
+    @property
+    def power_w(self) -> float:
+        return self.device.power_w
+
+    @property
+    def fill_level(self) -> float:
+        return self.device.fill_level
+
+    @property
+    def mode_label(self) -> str:
+        return self.device.mode_label
+
+    @property
+    def factor(self) -> float:
+        return self.device.factor
+
+    def cem_gone(self) -> None:
         self._advance()
         if self.device.go_idle(_now()):
             self._mode_unreported = True
@@ -289,7 +353,7 @@ class SimulatedRM:
             self._mode_unreported = True
         return changed or stopped
 
-    async def _physics_loop(self) -> None:
+    async def device_loop(self) -> None:
         deadline = time.monotonic()
         while True:
             deadline += self.measure_seconds
@@ -303,18 +367,6 @@ class SimulatedRM:
             self._changed()
 
     # --- outgoing messages ------------------------------------------------------------------
-
-    async def _send(self, message: S2MessageWithID) -> bool:
-        connection = self._connection
-        if connection is None:
-            return False
-        try:
-            await connection.send_tracked(message)
-        except (S2MediumException, RuntimeError) as exc:
-            log.info("send failed", extra=self._fields(type=message.message_type, error=str(exc)))
-            return False
-        self.sent.append(message)
-        return True
 
     def _actuator_status(self) -> FRBCActuatorStatus:
         self._mode_unreported = False
@@ -358,11 +410,6 @@ class SimulatedRM:
         self.device.go_idle(_now())
         log.info("cem selected no control: device idle", extra=self._fields())
         self._changed()
-
-    def on_session_request(self, request: SessionRequest) -> None:
-        terminate = request.request == SessionRequestType.TERMINATE
-        self._next_delay = self.backoff_max if terminate else 0.0
-        log.info("cem asked to " + request.request.value.lower(), extra=self._fields())
 
     async def on_instruction(self, instruction: FRBCInstruction, reply: Reply) -> None:
         try:
@@ -458,20 +505,83 @@ class SimulatedRM:
         await self._status_update(revoke.object_id, InstructionStatus.REVOKED)
 
 
+class MeteredRM(ResourceManager):
+    """A metered resource (a PV site, the base load): the CEM selects NOT_CONTROLABLE and it
+    reports a PowerMeasurement at once and every ``measure_seconds`` (W, consumption positive: a
+    producing PV site is negative). It takes no instruction: one gets INVALID_CONTENT, counted in
+    ``instructions_refused``. Readable state beside ``ResourceManager``'s: ``power_w`` (the last
+    reading), ``metering`` (NOT_CONTROLABLE active)."""
+
+    def __init__(self, meter: SimMeter, url: str, **options: Any) -> None:
+        super().__init__(meter_details(meter), url, **options)
+        self.meter = meter
+        self.metering = False
+        self.instructions_refused = 0
+        meter.sample()
+
+    @property
+    def power_w(self) -> float:
+        return self.meter.power_w
+
+    def control_types(self) -> list[S2ControlType]:
+        return [NotControllable(self)]
+
+    def session_ended(self) -> None:
+        self.metering = False
+
+    async def device_loop(self) -> None:
+        deadline = time.monotonic()
+        while True:
+            deadline += self.measure_seconds
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            self.meter.sample()
+            if self.metering:
+                await self._send(power_measurement(self.meter, _now()))
+            self._changed()
+
+    async def on_metering_activated(self) -> None:
+        self._selected, self.refused = True, None
+        self.metering = True
+        self.meter.sample()
+        await self._send(power_measurement(self.meter, _now()))
+        log.info("metered (NOT_CONTROLABLE)", extra=self._fields(power_w=self.power_w))
+        self._changed()
+
+    def on_metering_deactivated(self) -> None:
+        self.metering = False
+        self._changed()
+
+    async def on_instruction(self, instruction: FRBCInstruction, reply: Reply) -> None:
+        self.instructions_refused += 1
+        log.warning(
+            "instruction to a metered resource refused", extra=self._fields(instruction=str(instruction.id))
+        )
+        await reply.send(
+            ReceptionStatusValues.INVALID_CONTENT, f"{self.name} is NOT_CONTROLABLE: it takes no instruction"
+        )
+        self._changed()
+
+    async def on_revoke(self, revoke: RevokeObject, reply: Reply) -> None:
+        await reply.send(
+            ReceptionStatusValues.INVALID_CONTENT, f"{self.name} is NOT_CONTROLABLE: nothing to revoke"
+        )
+
+
 # --- many RMs in one loop -------------------------------------------------------------------------
 
 
 class SimulatedFleet:
-    """Resource managers running in this event loop; ``fleet[name]`` is a ``SimulatedRM``."""
+    """Resource managers running in this event loop; ``fleet[name]`` is a ``SimulatedRM`` (a
+    battery or EV charger) or a ``MeteredRM`` (a PV site, the base load)."""
 
-    def __init__(self, rms: list[SimulatedRM]) -> None:
+    def __init__(self, rms: list[ResourceManager]) -> None:
         self.rms = {rm.name: rm for rm in rms}
         self._tasks: list[asyncio.Task[None]] = []
 
-    def __getitem__(self, name: str) -> SimulatedRM:
+    def __getitem__(self, name: str) -> Any:
         return self.rms[name]
 
-    def __iter__(self) -> Iterator[SimulatedRM]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.rms.values())
 
     async def start(self) -> SimulatedFleet:
@@ -490,17 +600,23 @@ class SimulatedFleet:
     async def wait(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def wait_until(self, predicate: Callable[[SimulatedRM], bool], timeout: float) -> None:
+    async def wait_until(self, predicate: Callable[[Any], bool], timeout: float) -> None:
         """Wait until ``predicate(rm)`` holds for every RM."""
         async with asyncio.timeout(timeout):
             await asyncio.gather(*(rm.wait_until(lambda rm=rm: predicate(rm), timeout) for rm in self))
 
     def summary(self) -> dict[str, Any]:
+        devices = [rm for rm in self if isinstance(rm, SimulatedRM)]
+        meters = [rm for rm in self if isinstance(rm, MeteredRM)]
         return {
-            "devices": len(self.rms),
-            "connected": sum(rm.connected for rm in self),
-            "frbc": sum(rm.frbc_active for rm in self),
-            "power_kw": round(sum(rm.power_w for rm in self) / 1000, 3),
+            "devices": len(devices),
+            "connected": sum(rm.connected for rm in devices),
+            "frbc": sum(rm.frbc_active for rm in devices),
+            "power_kw": round(sum(rm.power_w for rm in devices) / 1000, 3),
+            "meters": len(meters),
+            "metering": sum(rm.metering for rm in meters),
+            "pv_kw": round(-sum(rm.power_w for rm in meters if rm.meter.kind == "pv") / 1000, 3) + 0.0,
+            "base_load_kw": round(sum(rm.power_w for rm in meters if rm.meter.kind != "pv") / 1000, 3),
         }
 
     async def __aenter__(self) -> SimulatedFleet:
@@ -510,25 +626,29 @@ class SimulatedFleet:
         await self.stop()
 
 
-def _as_device(device: SimDevice | Battery | EVCharger) -> SimDevice:
-    if isinstance(device, SimDevice):
-        return device
+def _as_rm(
+    device: SimDevice | SimMeter | Battery | EVCharger, url: str, options: dict[str, Any]
+) -> ResourceManager:
+    if isinstance(device, SimMeter):
+        return MeteredRM(device, url, **options)
     if isinstance(device, Battery):
-        return SimDevice.battery(device)
-    return SimDevice.ev_charger(device)
+        device = SimDevice.battery(device)
+    elif isinstance(device, EVCharger):
+        device = SimDevice.ev_charger(device)
+    return SimulatedRM(device, url, **options)
 
 
 async def start_fleet(
-    url: str, devices: Iterable[SimDevice | Battery | EVCharger], **options: Any
+    url: str, devices: Iterable[SimDevice | SimMeter | Battery | EVCharger], **options: Any
 ) -> SimulatedFleet:
-    """Start one RM per device in the running loop; options are ``SimulatedRM``'s keywords.
-    Use as ``async with await start_fleet(...) as fleet`` or call ``fleet.stop()``."""
-    return await SimulatedFleet([SimulatedRM(_as_device(d), url, **options) for d in devices]).start()
+    """Start one RM per device or meter in the running loop; options are ``ResourceManager``'s
+    keywords. Use as ``async with await start_fleet(...) as fleet`` or call ``fleet.stop()``."""
+    return await SimulatedFleet([_as_rm(d, url, options) for d in devices]).start()
 
 
 async def run_fleet(
     url: str,
-    devices: Iterable[SimDevice | Battery | EVCharger],
+    devices: Iterable[SimDevice | SimMeter | Battery | EVCharger],
     *,
     stop: asyncio.Event | None = None,
     status_seconds: float = 60.0,

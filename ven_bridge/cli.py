@@ -203,18 +203,37 @@ def _kw(value: float | None) -> str:
 
 
 def _site_line(s2: dict[str, Any]) -> str:
-    """The site at the connection: net import = fleet (measured) + base load − PV (planned)."""
-    if not s2 or "error" in s2 or (s2.get("fleet_kw") is None and s2.get("site_kw") is None):
+    """The site at the connection: net import = fleet (measured) + base load − PV, the latter
+    measured by the site's meters when they are all fresh, else as the schedule planned it; then
+    the metered PV and base load."""
+    if not s2 or "error" in s2:
         return ""
-    planned = (
-        "planned for this quarter-hour, a forecast"
-        if s2.get("site_kw") is not None
-        else "not in the schedule: a cap holds on the fleet alone"
-    )
-    return (
+    if s2.get("fleet_kw") is None and s2.get("site_kw") is None and not s2.get("meters"):
+        return ""
+    source = s2.get("site_source") or ("planned" if s2.get("site_kw") is not None else None)
+    if source == "measured":
+        why = f"measured: base load {_kw(s2.get('base_load_kw'))}, PV {_kw(s2.get('pv_kw'))}"
+    elif source == "planned":
+        why = "planned for this quarter-hour, a forecast"
+    else:
+        why = "not measured nor in the schedule: a cap holds on the fleet alone"
+    line = (
         f"\nsite: net import {_kw(s2.get('net_import_kw'))} = fleet {_kw(s2.get('fleet_kw'))} (measured)"
-        f" + base load − PV {_kw(s2.get('site_kw'))} ({planned})"
+        f" + base load − PV {_kw(s2.get('site_kw'))} ({why})"
     )
+    meters = s2.get("meters") or {}
+    if meters:
+        from cariflex.s2.meters import MEASURED_MAX_AGE_S
+
+        fresh = sum(
+            m["age_s"] is not None and m["age_s"] <= MEASURED_MAX_AGE_S and m["power_kw"] is not None
+            for m in meters.values()
+        )
+        line += (
+            f"\nmetered: PV {_kw(s2.get('pv_kw'))}, base load {_kw(s2.get('base_load_kw'))}"
+            f" ({fresh} of {len(meters)} meter(s) reported within {MEASURED_MAX_AGE_S:.0f} s)"
+        )
+    return line
 
 
 def _status(state: str | None) -> dict[str, Any]:
@@ -320,17 +339,25 @@ def setpoint(device, kw, clear, state_dir, fleet_file) -> None:
     click.echo(f"{device}: {'no setpoint' if clear else f'{kw:g} kW'}")
 
 
-def _controllable(fleet_file: str | None) -> list[str]:
+def _s2_resources(fleet_file: str | None) -> list[str]:
+    """What may pair: batteries and EV chargers (FRBC), PV sites and the base load (metered)."""
+    from cariflex.s2.meters import s2_resources
+
     try:
         fleet = load_fleet(fleet_file)
     except FleetError as exc:
         raise click.ClickException(str(exc)) from None
-    return [d.name for d in (*fleet.batteries, *fleet.ev_chargers)]
+    return s2_resources(fleet)
 
 
 @cli.command()
 @click.argument("devices", nargs=-1)
-@click.option("--all", "all_devices", is_flag=True, help="Every battery and EV charger of the fleet.")
+@click.option(
+    "--all",
+    "all_devices",
+    is_flag=True,
+    help="Every S2 resource of the fleet: batteries, EV chargers, PV sites and the base load.",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
@@ -354,13 +381,15 @@ def pair(devices, all_devices, token_file, rotate, state_dir, fleet_file) -> Non
     from cariflex.s2.credentials import TokenFileError, read_tokens, write_tokens
     from cem.pairing import PairingError, PairingStore
 
-    known = _controllable(fleet_file)
+    known = _s2_resources(fleet_file)
     names = list(dict.fromkeys([*devices, *(known if all_devices else [])]))
     if not names:
         raise click.UsageError("name at least one DEVICE, or --all")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise click.ClickException(f"not a battery or EV charger of the fleet: {', '.join(unknown)}")
+        raise click.ClickException(
+            f"not a battery, EV charger, PV site or base load of the fleet: {', '.join(unknown)}"
+        )
     store = PairingStore(state_path(state_dir))
     try:
         store.load()
@@ -407,7 +436,7 @@ def pairings(state_dir, fleet_file, as_json) -> None:
     """Each fleet device's S2 pairing: when it was paired and its token id (never the token)."""
     from cem.pairing import PairingError, PairingStore
 
-    known = _controllable(fleet_file)
+    known = _s2_resources(fleet_file)
     try:
         paired = {p.device: p for p in PairingStore(state_path(state_dir)).load()}
     except PairingError as exc:

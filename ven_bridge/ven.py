@@ -380,17 +380,20 @@ class CariflexVen:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         self.poster.start()
+        from cariflex.s2.meters import s2_resources, site_meters
         from cem.fleet_control import FleetController
         from cem.pairing import PairingStore
         from cem.server import Cem, server_ssl_context
 
         # The S2 CEM and the fleet controller run beside the OpenADR client in this loop. Only paired
         # devices of the fleet may connect (`cariflex-ven pair`); pairings live beside the outbox.
+        # Batteries and EV chargers come under FRBC; PV sites and the base load are metered only.
         cem = Cem(
             self.options.s2_host,
             self.options.s2_port,
             pairings=PairingStore(self.outbox.path.parent),
-            fleet={d.name for d in (*self.fleet.batteries, *self.fleet.ev_chargers)},
+            fleet=set(s2_resources(self.fleet)),
+            meters=site_meters(self.fleet),
             ssl_context=server_ssl_context(self.options.s2_cert, self.options.s2_key)
             if self.options.s2_cert
             else None,

@@ -329,4 +329,4 @@ def test_status_shows_the_fleet_the_planned_site_and_the_net_import(tmp_path):
     box.set_state("s2", controller.status())
     box.close()
     shown = runner.invoke(cli, ["status", "--state-dir", str(tmp_path)]).output
-    assert "site: net import unknown = fleet 80.0 kW (measured) + base load − PV unknown (not in" in shown
+    assert "net import unknown = fleet 80.0 kW (measured) + base load − PV unknown (not measured" in shown

@@ -45,7 +45,7 @@ from cariflex.s2.credentials import read_tokens
 from cem.pairing import PairingStore
 from cem.server import MAX_FRAME_BYTES, Cem, server_ssl_context
 from simulator import build_devices, start_fleet
-from tests.helpers.s2 import CONTROLLABLE, FLEET, details
+from tests.helpers.s2 import CONTROLLABLE, FLEET, S2_RESOURCES, details
 
 BIN = Path(sys.executable).parent
 WAIT = 10.0  # upper bound for conditions that normally hold within milliseconds
@@ -252,7 +252,8 @@ def test_devices_outside_the_fleet_are_refused(tmp_path, caplog):
 
 def test_the_pair_command_refuses_names_outside_the_fleet(tmp_path):
     done = cli("pair", "bat_99", "--state-dir", str(tmp_path))
-    assert done.returncode == 1 and "not a battery or EV charger of the fleet: bat_99" in done.stderr
+    assert done.returncode == 1
+    assert "not a battery, EV charger, PV site or base load of the fleet: bat_99" in done.stderr
     assert PairingStore(tmp_path).pairings() == []
 
 
@@ -540,7 +541,7 @@ def test_pair_shows_the_token_once_and_keeps_only_its_hash(tmp_path):
     listed = {
         r["device"]: r for r in json.loads(cli("pairings", "--json", "--state-dir", str(tmp_path)).stdout)
     }
-    assert set(listed) == CONTROLLABLE
+    assert set(listed) == S2_RESOURCES  # batteries, EV chargers, PV sites and the base load
     assert (
         listed["bat_01"]["paired"]
         and listed["bat_01"]["token_id"] == hashlib.sha256(tokens["bat_01"].encode()).hexdigest()[:8]
@@ -561,11 +562,11 @@ def test_pair_into_a_token_file_is_idempotent(tmp_path):
     first = cli("pair", "--all", *state)
     assert first.returncode == 0, first.stderr
     tokens = read_tokens(token_file)
-    assert set(tokens) == CONTROLLABLE and first.stdout.count(": paired") == 20
+    assert set(tokens) == S2_RESOURCES and first.stdout.count(": paired") == len(S2_RESOURCES) == 31
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     second = cli("pair", "--all", *state)
-    assert second.stdout.count(": already paired") == 20 and read_tokens(token_file) == tokens
+    assert second.stdout.count(": already paired") == 31 and read_tokens(token_file) == tokens
     rotated = cli("pair", "bat_04", "--rotate", *state)
     assert "bat_04: paired" in rotated.stdout
     after = read_tokens(token_file)
