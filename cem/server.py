@@ -394,6 +394,10 @@ class RmSession:
             await self.invalid_data(NIL, f"an S2 message is a JSON object, not {kind}")
             return
         subject = _message_id(document)
+        loose = _loose_power(document)
+        if loose:
+            await self.invalid_data(subject, loose)
+            return
         try:
             message = S2Parser.parse_as_any_message(document)
         except (S2ValidationError, ValueError, TypeError, AttributeError) as exc:
@@ -598,6 +602,22 @@ class RmSession:
                 }
             },
         )
+
+
+def _loose_power(document: dict) -> str | None:
+    """Why a PowerMeasurement's values are not JSON numbers, before s2-python reads them: its
+    lax float reads the string "NaN" as nan, "1e999" as inf, "12" as 12.0 and true as 1.0."""
+    if document.get("message_type") != "PowerMeasurement" or not isinstance(document.get("values"), list):
+        return None
+    for index, item in enumerate(document["values"]):
+        value = item.get("value") if isinstance(item, dict) else None
+        if (
+            isinstance(item, dict)
+            and "value" in item
+            and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
+            return f"values[{index}].value must be a JSON number of watts, not {quote(value, 30)}"
+    return None
 
 
 def _message_id(document: dict) -> uuid.UUID:
