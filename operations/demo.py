@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             "CARIFLEX_VTN_URL", f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
         )
         fleet_args = ["--fleet", args.fleet] if args.fleet else []
-        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM once paired with it.
+        # Simulated batteries and EV chargers, controlled by the VEN's S2 CEM once paired with it, and
+        # the site's meters (PV sites, base load: NOT_CONTROLABLE), whose net import a cap holds.
         tokens = pair_simulated_devices(fleet_args, env)
         start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
         start_process(
@@ -169,8 +170,9 @@ def start_process(
 
 
 def pair_simulated_devices(fleet_args: list[str], env: dict[str, str]) -> Path:
-    """Pair every simulated device with the VEN's S2 CEM (idempotent: valid tokens are kept); the
-    tokens go to the simulator's token file (mode 600), only their hashes to the VEN's state."""
+    """Pair every simulated device and meter with the VEN's S2 CEM (idempotent: valid tokens are
+    kept); the tokens go to the simulator's token file (mode 600), only their hashes to the VEN's
+    state."""
     from simulator.cli import default_token_file
 
     tokens = default_token_file()
@@ -225,7 +227,8 @@ def banner(base: str, vtn_admin: str) -> str:
         f"  Log in as {email} (password in {password_hint}).\n"
         f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
         "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
-        "  S2: 20 simulated devices; make one obey:  .venv/bin/cariflex-ven setpoint bat_01 30\n"
+        "  S2: 20 simulated devices and the site's PV and base-load meters; make one obey:\n"
+        "      .venv/bin/cariflex-ven setpoint bat_01 30   (the site's net import: cariflex-ven status)\n"
         "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
         "  Ctrl-C stops it.\n"
     )

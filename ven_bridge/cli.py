@@ -212,7 +212,7 @@ def _site_line(s2: dict[str, Any]) -> str:
         return ""
     source = s2.get("site_source") or ("planned" if s2.get("site_kw") is not None else None)
     if source == "measured":
-        why = f"measured: base load {_kw(s2.get('base_load_kw'))}, PV {_kw(s2.get('pv_kw'))}"
+        why = "measured by the site's meters"
     elif source == "planned":
         why = "planned for this quarter-hour, a forecast"
     else:

@@ -127,9 +127,21 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             "20 simulated devices under FRBC control",
         )
         # ... because the demo paired them: hashes in the VEN's state, tokens for the simulator only
+        # (and its meters: 10 PV sites and the base load)
         pairings = json.loads((tmp_path / "var" / "ven" / "s2_pairings.json").read_text())
-        assert len(pairings["devices"]) == 20
+        assert len(pairings["devices"]) == 31
         assert oct((tmp_path / "var" / "sim" / "s2_tokens.json").stat().st_mode & 0o777) == "0o600"
+
+        # The site's meters report: `cariflex-ven status` shows PV, base load, fleet and net import.
+        wait_until(
+            lambda: ven_status()["s2"].get("site_source") == "measured", 60, "the site's measured figures"
+        )
+        shown = subprocess.run(
+            [str(BIN / "cariflex-ven"), "status"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout
+        assert re.search(r"site: net import -?[\d.]+ kW = fleet -?[\d.]+ kW \(measured\) \+ base load", shown)
+        assert "(measured by the site's meters)" in shown, shown
+        assert re.search(r"metered: PV [\d.]+ kW, base load [\d.]+ kW \(11 of 11 meter\(s\)", shown), shown
 
         # Today's prices reach FlexMeasures, which plans the fleet; the devices follow the schedule.
         wait_until(lambda: ven_status()["schedule"].get("version"), 120, "a fleet schedule at the VEN")

@@ -1,6 +1,8 @@
-"""S2 as processes: the VEN's CEM and `cariflex-sim` (20 resource managers) over loopback WebSockets,
-with setpoints from `cariflex-ven setpoint` and a load-control event from the VTN. The devices are
-paired with `cariflex-ven pair --all --token-file` first, as the demo does; impostors are refused.
+"""S2 as processes: the VEN's CEM and `cariflex-sim` (20 resource managers under FRBC, 11 meters:
+the PV sites and the base load, NOT_CONTROLABLE) over loopback WebSockets, with setpoints from
+`cariflex-ven setpoint` and a load-control event from the VTN, held on the metered net import. The
+devices are paired with `cariflex-ven pair --all --token-file` first, as the demo does; impostors
+are refused.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from vtn.events import SITE_TZ
 
 FLEET = load_fleet()
 DEVICES = [d.name for d in (*FLEET.batteries, *FLEET.ev_chargers)]
+METERS = [pv.name for pv in FLEET.pv] + ["site_load"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,21 @@ def test_twenty_resource_managers_reach_frbc_control(chain):
     assert sorted(status["devices"]) == sorted(DEVICES)
 
 
+def test_the_pv_sites_and_the_base_load_are_metered(chain):
+    """The 11 meters pair and connect like the devices, are not under FRBC, and give the site's
+    figure: base load − PV as measured (S2 sign in ``meters``: a producing PV site is negative)."""
+    status = wait_until(
+        lambda: (s := s2_status(chain["ven"])).get("site_source") == "measured" and s, 60, "the meters"
+    )
+    assert sorted(status["meters"]) == sorted(METERS) and all(
+        m["connected"] for m in status["meters"].values()
+    )
+    assert all(m["power_kw"] <= 0 for name, m in status["meters"].items() if name != "site_load")
+    assert status["base_load_kw"] == status["meters"]["site_load"]["power_kw"] > 0
+    assert status["site_kw"] == pytest.approx(status["base_load_kw"] - status["pv_kw"], abs=0.01)
+    assert status["under_frbc"] <= 20 and not set(status["devices"]) & set(METERS)
+
+
 def test_a_setpoint_is_obeyed_within_one_percent(chain):
     ven = chain["ven"]
     wait_until(lambda: s2_status(ven).get("under_frbc") == 20, 60, "20 RMs")
@@ -118,13 +136,21 @@ def test_load_control_at_60_percent_caps_the_fleet_import(chain):
     assert response.status_code == 201, response.text
     cap = 0.6 * FLEET.site.capacity_kw
 
-    def fleet_kw() -> float:
-        return sum(d.get("power_kw") or 0.0 for d in s2_status(ven).get("devices", {}).values())
-
     status = wait_until(
         lambda: (s := s2_status(ven)).get("cap_kw") == pytest.approx(cap) and s, 30, "the cap"
     )
-    wait_until(lambda: fleet_kw() <= cap * 1.01, 30, f"the fleet import under {cap} kW")
+    # The cap holds on the net import at the connection: fleet + base load − PV, as metered.
+    status = wait_until(
+        lambda: (
+            (s := s2_status(ven)).get("site_source") == "measured"
+            and s.get("net_import_kw") is not None
+            and s["net_import_kw"] <= cap * 1.01
+            and s
+        ),
+        30,
+        f"the net import under {cap} kW",
+    )
+    assert status["net_import_kw"] == pytest.approx(status["fleet_kw"] + status["site_kw"], abs=0.01)
     assert status["shortfall_kw"] == 0
     vtn.admin("POST", f"/events/{response.json()['event_id']}/cancel")
     wait_until(lambda: s2_status(ven).get("cap_kw") is None, 30, "the cap lifted")
@@ -151,6 +177,7 @@ def test_status_shows_the_s2_fleet(chain):
         check=True,
     ).stdout
     assert "device(s) under FRBC control" in out
+    assert "site: net import " in out and "metered: PV " in out and "base load " in out
     assert json.loads(
         subprocess.run(
             [str(BIN / "cariflex-ven"), "status", "--json"],

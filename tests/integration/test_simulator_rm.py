@@ -601,3 +601,61 @@ def test_a_device_without_a_token_does_not_connect(caplog):
     assert cem.sessions == [] and state == (False, 0)
     (line,) = [r for r in caplog.records if r.getMessage().startswith("not paired")]
     assert "no S2 access token for bat_07" in line.fields["error"]
+
+
+def test_a_meter_offers_only_not_controlable_reports_power_and_refuses_instructions():
+    """A PV meter's ResourceManagerDetails: a producer, NOT_CONTROLABLE only. The test CEM first
+    selects FRBC (refused: not offered), then NOT_CONTROLABLE: PowerMeasurements follow, production
+    negative (S2: consumption positive). An instruction (a CEM that should not send one) is refused
+    with INVALID_CONTENT and changes nothing; so is a revocation."""
+    from s2python.common import RoleType
+
+    from cariflex.fleet import load_fleet
+    from simulator import build_meters
+    from simulator.site import SiteClock
+
+    meters = build_meters(
+        load_fleet(), ["pv_02"], clock=SiteClock(datetime.fromisoformat("2030-03-01T12:00-04:00"))
+    )
+
+    async def scenario():
+        cem = await MiniCem().start()
+        async with await start_fleet(cem.url, meters, measure_seconds=0.2) as fleet:
+            rm = fleet["pv_02"]
+            session = await cem.wait(lambda: cem.session("pv_02"))
+            details = (await cem.wait(lambda: cem.of("pv_02", ResourceManagerDetails)))[0]
+            assert details.available_control_types == [ControlType.NOT_CONTROLABLE]
+            assert [r.role for r in details.roles] == [RoleType.ENERGY_PRODUCER]
+            frbc = next(m for m in session.sent if isinstance(m, SelectControlType))
+            refused = await cem.wait(lambda: cem.status_of(frbc.message_id))
+            assert refused.status == ReceptionStatusValues.INVALID_CONTENT and not rm.metering
+            select = SelectControlType(message_id=uuid.uuid4(), control_type=ControlType.NOT_CONTROLABLE)
+            await cem.send("pv_02", select)
+            await cem.wait(lambda: len(cem.of("pv_02", PowerMeasurement)) >= 3)
+            assert rm.metering and all(measured(m) < -10_000 for m in cem.of("pv_02", PowerMeasurement))
+            instruction = FRBCInstruction(
+                message_id=uuid.uuid4(),
+                id=uuid.uuid4(),
+                actuator_id=uuid.uuid4(),
+                operation_mode=uuid.uuid4(),
+                operation_mode_factor=0.5,
+                execution_time=datetime.now(UTC),
+                abnormal_condition=False,
+            )
+            await cem.send("pv_02", instruction)
+            status = await cem.wait(lambda: cem.status_of(instruction.message_id))
+            assert status.status == ReceptionStatusValues.INVALID_CONTENT
+            assert "NOT_CONTROLABLE" in status.diagnostic_label and rm.instructions_refused == 1
+            revoke = RevokeObject(
+                message_id=uuid.uuid4(),
+                object_type=RevokableObjects.FRBC_Instruction,
+                object_id=instruction.id,
+            )
+            await cem.send("pv_02", revoke)
+            status = await cem.wait(lambda: cem.status_of(revoke.message_id))
+            assert status.status == ReceptionStatusValues.INVALID_CONTENT
+            assert {type(m).__name__ for m in rm.sent} == {"PowerMeasurement"}
+            assert not cem.of("pv_02", InstructionStatusUpdate)
+        await cem.stop()
+
+    run(scenario())

@@ -703,6 +703,21 @@ def test_a_report_without_the_site_figures_stays_valid_both_ways():
     with_site = {**GOOD_STATUS, "fleet_kw": 1.5, "site_kw": -300.0, "net_import_kw": -298.5}
     assert FleetStatus.from_dict(with_site).to_dict() == with_site
     assert FleetStatus.from_dict({**GOOD_STATUS, "site_kw": None}).to_dict() == GOOD_STATUS
+    metered = {**with_site, **METERED_FIELDS}
+    report = FleetStatus.from_dict(copy.deepcopy(metered))
+    assert (report.pv_kw, report.base_load_kw, report.site_source) == (417.1, 117.1, "measured")
+    assert report.meters["pv_01"].power_kw == -51.5 and report.to_dict() == metered
+
+
+METERED_FIELDS = {
+    "pv_kw": 417.1,
+    "base_load_kw": 117.1,
+    "site_source": "measured",
+    "meters": {
+        "pv_01": {"power_kw": -51.5, "age_s": 0.5, "connected": True},
+        "site_load": {"power_kw": None, "age_s": None, "connected": False},
+    },
+}
 
 
 def test_device_status_of_anything_shaped_like_the_cem_s_state():
@@ -742,6 +757,14 @@ GOOD_STATUS = {
         ({**GOOD_STATUS, "net_import_kw": math.inf}, "net_import_kw: inf is not a finite number"),
         ({**GOOD_STATUS, "fleet_kw": [1.0]}, "fleet_kw: "),
         ({**GOOD_STATUS, "site": 1.0}, "s2: unknown field(s) site"),
+        ({**GOOD_STATUS, "site_source": "guessed"}, "site_source: 'guessed' is not one of measured, planned"),
+        ({**GOOD_STATUS, "pv_kw": math.nan}, "pv_kw: nan is not a finite number"),
+        ({**GOOD_STATUS, "meters": []}, "meters: must be a JSON object"),
+        ({**GOOD_STATUS, "meters": {"pv_01": {"power_kw": 1.0}}}, "meters.pv_01: missing field(s) age_s"),
+        (
+            {**GOOD_STATUS, "meters": {"pv_01": {"power_kw": 1.0, "age_s": -2, "connected": True}}},
+            "meters.pv_01.age_s: -2 is negative",
+        ),
     ],
 )
 def test_an_unusable_report_is_refused_naming_the_field(payload, fragment):
@@ -754,6 +777,7 @@ def test_s2_payloads_mutated_anywhere_give_contract_errors_or_objects(data):
     assert_only_contract_errors(FleetStatus, _mutated(data, GOOD_STATUS))
     site = {**GOOD_STATUS, "fleet_kw": 1.5, "site_kw": 100.0, "net_import_kw": 101.5}
     assert_only_contract_errors(FleetStatus, _mutated(data, site))
+    assert_only_contract_errors(FleetStatus, _mutated(data, {**site, **METERED_FIELDS}))
     assert_only_contract_errors(Setpoints, _mutated(data, {"bat_01": 20.0, "ev_01": -3}))
 
 
