@@ -193,7 +193,7 @@ def _planned_follower(outbox: Outbox, site_kw: float) -> ScheduleFollower:
 def test_stale_or_missing_meters_fall_back_to_the_planned_figure(tmp_path, monkeypatch):
     """All 11 meters fresh: measured. One stopped (its last reading ages past the limit) or one that
     never connected: the plan's figure. No plan either: the cap on the fleet alone."""
-    monkeypatch.setattr(fleet_control, "MEASURED_MAX_AGE_S", 1.0)  # (60 s in production)
+    monkeypatch.setattr(fleet_control, "MEASURED_MAX_AGE_S", 2.5)  # (60 s in production)
     assert MEASURED_MAX_AGE_S == 60.0
 
     async def scenario():
@@ -214,11 +214,19 @@ def test_stale_or_missing_meters_fall_back_to_the_planned_figure(tmp_path, monke
 
             await fleet["pv_03"].stop()  # a PV meter goes silent
             assert await wait_for(lambda: controller.site(now) == (100.0, "planned"), 10, "the plan")
-            await controller.step()
-            status = controller.status()
+
+            async def planned_status():
+                while True:
+                    await controller.step()
+                    status = controller.status()
+                    if status.get("base_load_kw") is not None:  # (a loaded machine may delay a reading)
+                        return status
+                    await asyncio.sleep(0.1)
+
+            status = await asyncio.wait_for(planned_status(), 10)
             assert status["site_source"] == "planned" and status["site_kw"] == 100.0
             assert "pv_kw" not in status and status["base_load_kw"] > 0  # the PV total is not known
-            assert not status["meters"]["pv_03"]["connected"] and status["meters"]["pv_03"]["age_s"] > 1
+            assert not status["meters"]["pv_03"]["connected"] and status["meters"]["pv_03"]["age_s"] > 2.5
             controller.follower = None  # and without a plan: the cap holds on the fleet alone
             assert controller.site(now) == (None, None)
             assert controller.allowance(180.0, controller.site(now)[0]) == 180.0
