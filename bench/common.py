@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -41,3 +48,48 @@ def parse_args(parser: argparse.ArgumentParser, **smoke: Any) -> argparse.Namesp
         for name, value in smoke.items():
             setattr(args, name, value)
     return args
+
+
+@contextlib.contextmanager
+def flexmeasures_app(lp_time_limit_s: float | None = None) -> Iterator[Any]:
+    """A FlexMeasures app with the plugin on a fresh database (CARIFLEX_TEST_DATABASE_URL, else
+    127.0.0.1:5432, else an embedded server), inside its app context; the database is dropped after.
+
+    HiGHS prints its banner on stdout from C++ (output_flag comes too late for it): the process's
+    stdout goes to stderr meanwhile, so stdout carries just the benchmark's JSON line."""
+    from operations import database
+    from tests.helpers.common import database_server_url
+
+    with tempfile.TemporaryDirectory() as folder:
+        url = database.with_database(
+            database_server_url(Path(folder)), f"cariflex_bench_{uuid.uuid4().hex[:8]}"
+        )
+        database.create_database(url)
+        os.environ["SQLALCHEMY_TEST_DATABASE_URI"] = url
+        os.environ["CARIFLEX_VAR_DIR"] = folder
+        os.environ.pop("FLEXMEASURES_PLUGINS", None)
+        stdout = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            from flexmeasures.app import create
+            from flexmeasures.data import db
+
+            from flexmeasures_cariflex.config import LP_SOLVER_OPTIONS, patch_flexmeasures_defaults
+
+            patch_flexmeasures_defaults()
+            app = create(env="testing", plugins=["flexmeasures_cariflex"])
+            options = dict(LP_SOLVER_OPTIONS)
+            if lp_time_limit_s is not None:
+                options["time_limit"] = lp_time_limit_s
+            app.config["FLEXMEASURES_LP_SOLVER_OPTIONS"] = options
+            with app.app_context():
+                db.create_all()
+                try:
+                    yield app
+                finally:
+                    db.session.remove()
+                    db.engine.dispose()
+        finally:
+            sys.stdout.flush()
+            os.dup2(stdout, 1)
+            database.drop_database(url)

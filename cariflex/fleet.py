@@ -86,6 +86,12 @@ class Battery:
     roundtrip_efficiency_pct: float
 
 
+# An EV charger's losses (on-board charger, cable), each way: the simulator's FRBC model and the
+# scheduler's flex-model (round trip = its square) must agree, or every plan misses the departure
+# energy by the difference.
+EV_CHARGE_EFFICIENCY = 0.92
+
+
 @dataclass(frozen=True)
 class EVCharger:
     name: str

@@ -40,10 +40,12 @@ from typing import Any
 
 from cariflex.contracts.openadr_event import LOAD_CONTROL, ContractError, Interval
 from cariflex.contracts.s2_device import DeviceStatus, FleetStatus, MeterStatus, Setpoints
-from cariflex.fleet import Fleet
+from cariflex.fleet import Battery, EVCharger, Fleet
 from cariflex.json_input import clip, quote
 from cariflex.s2.meters import BASE_LOAD, MEASURED_MAX_AGE_S, PV, site_meters
+from cariflex.s2.translator import least_power_kw
 from cariflex.site_model import child_assets
+from cem.duty_cycle import DutyCycle
 from cem.ports import StateStore
 from cem.schedule_follower import ScheduleFollower
 from cem.server import Cem
@@ -60,6 +62,19 @@ class Flex:
     name: str
     wanted_kw: float  # what the schedule or operator asks
     min_kw: float  # most negative (discharging) power allowed now
+
+
+def discharge_floor_kw(device: Battery | EVCharger, fill_kwh: float | None) -> float:
+    """The most negative power a device may be given now: a battery discharges only above its
+    minimum fill level, a bidirectional EV only above the energy its departure needs; an unknown
+    fill level allows no discharge."""
+    if isinstance(device, Battery):
+        floor = device.capacity_kwh * device.soc_min_pct / 100
+    elif device.bidirectional:
+        floor = device.departure_need_kwh
+    else:
+        return 0.0
+    return 0.0 if fill_kwh is None or fill_kwh <= floor else -device.power_kw
 
 
 def allocate(devices: list[Flex], cap_kw: float | None) -> tuple[dict[str, float], float]:
@@ -154,18 +169,17 @@ class FleetController:
             spec.name: 1 if spec.attributes.get("consumption_is_positive", True) else -1 for spec in specs
         }
         self.dropped = 0  # measurements dropped: no such sensor in the site model
+        self.duty = DutyCycle()
+        self._last_step: datetime | None = None
         self._dropped_devices: set[str] = set()
 
     def _min_kw(self, name: str) -> float:
-        device, state = self.limits[name], self.cem.devices.get(name)
-        fill = state.fill_level if state else None
-        if hasattr(device, "capacity_kwh"):  # battery: not below its minimum fill level
-            floor = device.capacity_kwh * device.soc_min_pct / 100
-            return 0.0 if fill is None or fill <= floor else -device.power_kw
-        if not device.bidirectional:
-            return 0.0
-        need = device.battery_capacity_kwh * device.departure_soc_pct / 100  # EV keeps its departure energy
-        return 0.0 if fill is None or fill <= need else -device.power_kw
+        state = self.cem.devices.get(name)
+        return discharge_floor_kw(self.limits[name], state.fill_level if state else None)
+
+    def _least_kw(self, name: str) -> float:
+        state = self.cem.devices.get(name)
+        return least_power_kw(state.description) if state is not None and state.description else 0.0
 
     def can_meet(self, event: dict, now: datetime | None = None) -> tuple[bool, str]:
         """Whether the fleet can keep its import under a load-control event's caps, and why not.
@@ -300,8 +314,13 @@ class FleetController:
         site_kw, source = self.site(now)
         if source == "measured":  # shown as the meters read it (the cap holds on the held figure)
             site_kw = self.measured_site_kw()
+        elapsed = min(5.0, (now - self._last_step).total_seconds()) if self._last_step else 0.0
+        self._last_step = now
         for name, kw in targets.items():
-            await self.cem.apply_setpoint(name, kw)
+            # Targets below an EV's least power are delivered on average (cem.duty_cycle); not
+            # under a cap, where running at the least power could breach it.
+            least = 0.0 if cap is not None else self._least_kw(name)
+            await self.cem.apply_setpoint(name, self.duty.deliver(name, kw, least, elapsed))
         if shortfall > 0 and shortfall != self.shortfall_kw:
             log.warning(
                 "load-control cap cannot be met",

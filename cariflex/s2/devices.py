@@ -26,7 +26,7 @@ from s2python.frbc import (
     FRBCSystemDescription,
 )
 
-from cariflex.fleet import Battery, EVCharger
+from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger
 
 POWER = CommodityQuantity.ELECTRIC_POWER_3_PHASE_SYMMETRIC
 TAPER_FROM = 0.9  # fraction of capacity where the CV taper starts
@@ -138,7 +138,7 @@ def battery_model(battery: Battery) -> DeviceModel:
     )
 
 
-def ev_model(ev: EVCharger, efficiency: float = 0.92) -> DeviceModel:
+def ev_model(ev: EVCharger, efficiency: float = EV_CHARGE_EFFICIENCY) -> DeviceModel:
     capacity, watts, minimum = ev.battery_capacity_kwh, ev.power_kw * 1000, EV_MIN_KW * 1000
     modes = [
         _mode("off", [_element(0.0, capacity, 0.0, 0.0, efficiency)]),

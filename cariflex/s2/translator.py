@@ -9,6 +9,7 @@ closest wins and the result says how far short it falls. factor = (P − start) 
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,3 +85,25 @@ def translate(
     _, _, mode, low, high, reached = min(candidates, key=lambda c: (c[0], c[1]))
     factor = 0.0 if high == low else (reached - low) / (high - low)
     return Translation(actuator.id, mode.id, mode.diagnostic_label, factor, target_w, reached)
+
+
+def least_power_kw(description: FRBCSystemDescription) -> float:
+    """The smallest non-zero power (kW, magnitude) any mode of the device can run at: an EV
+    charger's 4.14 kW, 0 for a device that can run at any power (a battery's inverter)."""
+    least = math.inf
+    for mode in description.actuators[0].operation_modes:
+        for element in mode.elements:
+            for power in element.power_ranges:
+                if power.commodity_quantity != POWER:
+                    continue
+                if power.start_of_range == power.end_of_range == 0:
+                    continue  # an idle mode
+                low, high = sorted((abs(power.start_of_range), abs(power.end_of_range)))
+                crosses_zero = (power.start_of_range <= 0 <= power.end_of_range) or (
+                    power.end_of_range <= 0 <= power.start_of_range
+                )
+                if crosses_zero:
+                    return 0.0
+                if high > 0:
+                    least = min(least, low)
+    return 0.0 if math.isinf(least) else least / 1000

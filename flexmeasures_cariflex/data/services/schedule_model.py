@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from cariflex.fleet import Battery, EVCharger, Fleet
+from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger, Fleet
 from flexmeasures_cariflex.data.services.schedule_inputs import ScheduleInputs, soc_at_start
 
 EV_SOC_MIN_PCT = 10.0
 EV_SOC_MAX_PCT = 100.0
-EV_ROUNDTRIP_EFFICIENCY_PCT = 92.0
+EV_ROUNDTRIP_EFFICIENCY_PCT = round(100 * EV_CHARGE_EFFICIENCY**2, 2)  # as the devices' own model
 # FlexMeasures' default tie-breakers add a cost term per device, doubling the solve time for 20
 # devices (1.4 s vs 0.7 s); ``_tie_broken`` prices do the same job at no cost.
 NO_TIE_BREAKERS = {"prefer-charging-sooner": False, "prefer-curtailing-later": False}
