@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cariflex.contracts.openadr_event import LOAD_CONTROL, ContractError, Interval
@@ -47,11 +47,12 @@ from cariflex.s2.translator import least_power_kw
 from cariflex.site_model import child_assets
 from cem.duty_cycle import DutyCycle
 from cem.ports import StateStore
-from cem.schedule_follower import ScheduleFollower
+from cem.schedule_follower import ScheduleFollower, period_start
 from cem.server import Cem
 
 log = logging.getLogger("cariflex.ven.fleet")
 
+QUARTER = timedelta(minutes=15)
 UNKNOWN_LOGGED_MAX = 100  # devices whose dropped measurements are logged (once each)
 SITE_DEADBAND_KW = 1.0  # a held measured site figure is loosened only once it is this much lower
 SITE_STEP_KW = 0.25  # and is held on this grid (rounded up: never less import than measured)
@@ -211,10 +212,29 @@ class FleetController:
             flex = fleet_flexibility(
                 self.fleet, projected, powers, start, (end - start).total_seconds() / 3600
             )
-            feasible, why = can_meet_cap(flex, float(interval.value) * self.capacity_kw)
+            cap = float(interval.value) * self.capacity_kw
+            site = self.planned_site_peak_kw(start, end)
+            feasible, why = can_meet_cap(flex, cap if site is None else cap - site)
             if not feasible:
-                return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}"
+                on_site = (
+                    "" if site is None else f" (the cap {cap:.1f} kW less the site's planned {site:.1f} kW)"
+                )
+                return False, f"from {start:%Y-%m-%d %H:%M} UTC {why}{on_site}"
         return True, "the fleet can hold every cap of the event"
+
+    def planned_site_peak_kw(self, start: datetime, end: datetime) -> float | None:
+        """The highest base load − PV the schedule plans in [start, end) (a cap on the net import
+        binds hardest there); None when the schedule knows none of it (then the cap is judged on
+        the fleet alone, as before)."""
+        if self.follower is None:
+            return None
+        moment, known = period_start(start), []
+        while moment < end:
+            value = self.follower.site_kw(moment)
+            if value is not None:
+                known.append(value)
+            moment += QUARTER
+        return max(known) if known else None
 
     def planned_site_kw(self, now: datetime) -> float | None:
         """The site's inflexible net import (base load − PV, kW) for the period holding ``now``, as

@@ -330,3 +330,31 @@ def test_status_shows_the_fleet_the_planned_site_and_the_net_import(tmp_path):
     box.close()
     shown = runner.invoke(cli, ["status", "--state-dir", str(tmp_path)]).output
     assert "net import unknown = fleet 80.0 kW (measured) + base load − PV unknown (not measured" in shown
+
+
+def test_an_event_is_judged_on_the_net_import_where_the_plan_knows_the_site(tmp_path):
+    """Cap 180 kW, every battery at its floor (the fleet can go down to 0 kW, not below): an hour
+    whose plan has the base load at 100 kW over PV can be held (the fleet may take 80 kW); one
+    whose last quarter has the base load 300 kW over PV cannot (the fleet would have to export
+    120 kW), and the answer says so; without the site's figure the cap is judged on the fleet."""
+    from cariflex.fleet import load_fleet
+    from cem.fleet_control import FleetController
+    from cem.schedule_follower import period_start
+    from cem.server import Cem
+    from ven_bridge.outbox import Outbox
+
+    start = period_start(datetime.now(UTC)) + timedelta(minutes=15)
+    box, cem = Outbox(tmp_path), Cem()
+    follower = _follower(box, [_site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
+    assert follower.fetch()
+    _batteries_under_frbc(cem, fill_kwh=10.0, power_kw=0.0)
+    controller = FleetController(load_fleet(), cem, box, follower=follower)
+
+    def event(offset_min: int, minutes: int) -> dict:
+        begin = start + timedelta(minutes=offset_min)
+        return {"intervals": [{"start": begin.isoformat(), "duration": f"PT{minutes}M", "value": 0.3}]}
+
+    assert controller.can_meet(event(0, 45))[0]  # 100, -300, unknown: at most 100 kW of site
+    ok, why = controller.can_meet(event(0, 60))
+    assert not ok and "cannot stay under -120.0 kW" in why and "site's planned 300.0 kW" in why
+    assert FleetController(load_fleet(), cem, box).can_meet(event(0, 60))[0]  # no plan: fleet alone
