@@ -67,7 +67,14 @@ from cariflex.s2.translator import (
 )
 from cariflex.solar import synthetic_weather  # noqa: E402
 from cem.duty_cycle import DutyCycle
-from cem.fleet_control import Flex, allocate, discharge_floor_kw  # noqa: E402
+from cem.fleet_control import (  # noqa: E402
+    Flex,
+    absorb,
+    allocate,
+    charge_room_kw,
+    discharge_floor_kw,
+    unplanned_surplus_kw,
+)  # noqa: E402
 from simulator.devices import SimDevice, build_devices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,6 +300,10 @@ class Planner:
     def wanted(self, t: pd.Timestamp, devices: dict[str, SimDevice]) -> dict[str, float]:
         raise NotImplementedError
 
+    def planned_site_kw(self, t: pd.Timestamp) -> float | None:
+        """Base load − PV as the plan in force assumed it for the quarter-hour of ``t``."""
+        return None
+
 
 class NoEms(Planner):
     """EVs at full power from arrival until full; batteries idle; no cap held."""
@@ -311,6 +322,7 @@ class FollowPlan(Planner):
 
     def __init__(self):
         self.plan: dict[str, pd.Series] = {}
+        self.site_plan = pd.Series(dtype=float)  # base load − PV per quarter-hour, as planned
         self._quarter: pd.Timestamp | None = None
         self._wanted: dict[str, float] = {}
 
@@ -320,6 +332,10 @@ class FollowPlan(Planner):
             self._quarter = quarter
             self._wanted = {name: float(series.get(quarter, 0.0)) for name, series in self.plan.items()}
         return self._wanted
+
+    def planned_site_kw(self, t):
+        value = self.site_plan.get(t.floor(QUARTER))
+        return None if value is None or pd.isna(value) else float(value)
 
 
 def _minute(device: SimDevice, now) -> float:
@@ -341,6 +357,7 @@ def simulate(world: World, planner: Planner) -> Trace:
     devices = {d.name: d for d in build_devices(fleet, now=start)}
     specs = {d.name: d for d in (*fleet.batteries, *fleet.ev_chargers)}
     batteries = [b.name for b in fleet.batteries]
+    battery_names = set(batteries)
     # EV comings and goings, by minute index
     events: dict[int, list[tuple[str, str]]] = {}
     for name, sessions in world.sessions.items():
@@ -378,6 +395,16 @@ def simulate(world: World, planner: Planner) -> Trace:
             # the meter's base load - PV of this minute: what the cap leaves the fleet
             allowance = None if math.isnan(cap) else cap - (world.base_kw[i] - pv_total[i])
             targets, _ = allocate(flex, allowance)
+            # a PV surplus the plan did not expect goes into the batteries, as the controller does
+            site_now = world.base_kw[i] - pv_total[i]
+            surplus = unplanned_surplus_kw(sum(targets.values()), site_now, planner.planned_site_kw(t))
+            if surplus > 0:
+                room = {
+                    name: charge_room_kw(specs[name], devices[name].fill_level, kw)
+                    for name, kw in targets.items()
+                    if name in battery_names
+                }
+                targets = absorb(targets, room, surplus)
         else:
             targets = wanted
         fleet_kw = 0.0
@@ -510,10 +537,15 @@ class Site:
                 f"{name}_soc", pd.Series([device.fill_level], index=[t - MINUTE]), None, SOURCE_SIMULATOR
             )
 
-    def plan(self, t: pd.Timestamp, horizon: timedelta, **kwargs) -> tuple[dict[str, pd.Series], float]:
+    def plan(
+        self, t: pd.Timestamp, horizon: timedelta, **kwargs
+    ) -> tuple[dict[str, pd.Series], pd.Series, float]:
+        """The devices' planned power, the base load − PV it assumed (per quarter-hour, as the
+        served schedule's ``site_kw`` carries it) and the seconds the plan took."""
         from flexmeasures.data import db
 
         from flexmeasures_cariflex.data.services.fleet_schedule import compute_fleet_schedule
+        from flexmeasures_cariflex.data.services.replan import planned_site_kw
 
         began = time.perf_counter()
         result = compute_fleet_schedule(
@@ -522,7 +554,11 @@ class Site:
         db.session.commit()
         if not result.ok:
             raise RuntimeError(f"plan at {t}: {result.infeasible}")
-        return {name: d.power_kw for name, d in result.devices.items()}, time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        grid = pd.date_range(result.start, result.end, freq=QUARTER, inclusive="left")
+        planned = planned_site_kw(self.fleet, self.sensors, grid, None)
+        site = pd.Series(planned if planned is not None else [None] * len(grid), index=grid, dtype=float)
+        return {name: d.power_kw for name, d in result.devices.items()}, site, seconds
 
 
 class Mpc(FollowPlan):
@@ -578,7 +614,7 @@ class Mpc(FollowPlan):
         if (t - world.start) % self.every:
             return
         self.site.measure_soc(t, devices)
-        self.plan, seconds = self.site.plan(t, timedelta(hours=24), shorten_to_prices=True)
+        self.plan, self.site_plan, seconds = self.site.plan(t, timedelta(hours=24), shorten_to_prices=True)
         self.seconds.append(seconds)
 
 
@@ -605,7 +641,7 @@ class PerfectForesight(FollowPlan):
         if t != self.world.start:
             return
         self.site.measure_soc(t, devices)
-        self.plan, seconds = self.site.plan(t, timedelta(days=self.world.scenario.days))
+        self.plan, self.site_plan, seconds = self.site.plan(t, timedelta(days=self.world.scenario.days))
         self.seconds.append(seconds)
 
 

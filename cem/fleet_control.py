@@ -78,6 +78,37 @@ def discharge_floor_kw(device: Battery | EVCharger, fill_kwh: float | None) -> f
     return 0.0 if fill_kwh is None or fill_kwh <= floor else -device.power_kw
 
 
+def charge_room_kw(device: Battery, fill_kwh: float | None, target_kw: float) -> float:
+    """How much more a battery could charge than ``target_kw`` now: up to its power, while it is
+    below its maximum fill level (none with an unknown fill level)."""
+    ceiling = device.capacity_kwh * device.soc_max_pct / 100
+    if fill_kwh is None or fill_kwh >= ceiling:
+        return 0.0
+    return max(0.0, device.power_kw - target_kw)
+
+
+def unplanned_surplus_kw(fleet_kw: float, site_kw: float | None, planned_site_kw: float | None) -> float:
+    """What the site would export that the plan did not expect: the part of an export
+    (fleet + base load − PV below zero) that comes from more PV, or less base load, than planned.
+    0 when either figure is unknown or the site imports."""
+    if site_kw is None or planned_site_kw is None:
+        return 0.0
+    return max(0.0, min(planned_site_kw - site_kw, -(fleet_kw + site_kw)))
+
+
+def absorb(targets: dict[str, float], room_kw: dict[str, float], surplus_kw: float) -> dict[str, float]:
+    """``surplus_kw`` more charging, shared among the devices in proportion to their room.
+
+    Why: PV the forecast missed is otherwise exported at the feed-in tariff, while stored it
+    displaces an import later (the next re-plan, within 15 minutes, plans with it). Only an export
+    is absorbed, so the net import stays at or below zero and no cap can be breached by it."""
+    total = sum(room_kw.values())
+    if surplus_kw <= 0 or total <= 0:
+        return targets
+    share = min(1.0, surplus_kw / total)
+    return {name: kw + room_kw.get(name, 0.0) * share for name, kw in targets.items()}
+
+
 def allocate(devices: list[Flex], cap_kw: float | None) -> tuple[dict[str, float], float]:
     """Targets that keep Σ power ≤ cap; the reduction is shared in proportion to each device's room.
 
@@ -300,10 +331,12 @@ class FleetController:
         """Per device kW, the shortfall (kW the fleet cannot shed) and the cap in force (on the
         site's net import; None: none)."""
         scheduled = self.follower.setpoints(now) if self.follower else {}
-        setpoints = {**scheduled, **self.operator_setpoints()}  # the operator's win
+        operator = self.operator_setpoints()
+        setpoints = {**scheduled, **operator}  # the operator's win
         level = load_control_level(self.outbox.get_state("load_control_events", {}), now)
         cap = None if level is None else level * self.capacity_kw
-        allowance = self.allowance(cap, self.site(now)[0])
+        site_kw, source = self.site(now)
+        allowance = self.allowance(cap, site_kw)
         flex = []
         for name in self.limits:
             state = self.cem.devices.get(name)
@@ -317,6 +350,14 @@ class FleetController:
                 continue
             flex.append(Flex(name, wanted, self._min_kw(name)))
         targets, shortfall = allocate(flex, allowance)
+        if source == "measured":  # a PV surplus the plan did not see goes into the batteries
+            surplus = unplanned_surplus_kw(sum(targets.values()), site_kw, self.planned_site_kw(now))
+            room = {
+                name: charge_room_kw(self.limits[name], self.cem.devices[name].fill_level, kw)
+                for name, kw in targets.items()
+                if isinstance(self.limits[name], Battery) and name not in operator
+            }
+            targets = absorb(targets, room, surplus)
         return targets, shortfall, cap
 
     def operator_setpoints(self) -> dict[str, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cem.fleet_control import Flex, allocate, load_control_level
 
@@ -358,3 +360,72 @@ def test_an_event_is_judged_on_the_net_import_where_the_plan_knows_the_site(tmp_
     ok, why = controller.can_meet(event(0, 60))
     assert not ok and "cannot stay under -120.0 kW" in why and "site's planned 300.0 kW" in why
     assert FleetController(load_fleet(), cem, box).can_meet(event(0, 60))[0]  # no plan: fleet alone
+
+
+def test_pv_the_plan_did_not_expect_goes_into_the_batteries_not_the_grid(tmp_path):
+    """Planned: every battery at 10 kW, base load − PV −150 kW (50 kW exported). The meters read
+    −350 kW (200 kW more sun): instead of exporting 250 kW, the batteries take the 200 kW the plan
+    did not expect, in proportion to their room; the export stays what was planned. Not a battery at
+    its ceiling, not one the operator set by hand; and not without fresh meters."""
+    import time
+
+    from cariflex.fleet import load_fleet
+    from cariflex.s2.meters import site_meters
+    from cem.fleet_control import FleetController
+    from cem.schedule_follower import period_start
+    from cem.server import Cem
+    from ven_bridge.outbox import Outbox
+
+    fleet = load_fleet()
+    start = period_start(datetime.now(UTC))
+    meters = site_meters(fleet)
+    box, cem = Outbox(tmp_path), Cem(meters=meters)
+    controller = FleetController(
+        fleet, cem, box, follower=_follower(box, [_site_schedule(start, [-150.0] * 16, kw=10.0)])
+    )
+    assert controller.follower.fetch()
+    _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=10.0)
+    controller.meters = {name: meters[name] for name in ("site_load", "pv_01")}  # these two read the site
+    for name, watts in (("site_load", 100_000.0), ("pv_01", -450_000.0)):
+        state = cem.device(name)
+        state.metered, state.power_w, state.power_at = True, watts, time.monotonic()
+    now = start + timedelta(minutes=5)
+    assert controller.site(now) == (-350.0, "measured")
+
+    targets, _, _ = controller.targets(now)
+    assert sum(targets.values()) == pytest.approx(100.0 + 200.0)  # net import −50 kW, as planned
+    assert list(targets.values()) == [pytest.approx(30.0)] * 10  # each battery's room is 40 kW: half of it
+
+    cem.devices["bat_02"].fill_level = 95.0  # at its ceiling: no room
+    box.set_state("setpoints", {"bat_01": 5.0})  # the operator's value stands
+    targets, _, _ = controller.targets(now)
+    assert targets["bat_01"] == 5.0 and targets["bat_02"] == 10.0
+    others = [kw for name, kw in targets.items() if name not in ("bat_01", "bat_02")]
+    assert sum(others) == pytest.approx(8 * 10.0 + 200.0)  # the 200 kW among the other eight
+    assert sum(targets.values()) - 350.0 == pytest.approx(-55.0)  # (the operator's 5 kW less)
+
+    cem.device("pv_01").power_at = time.monotonic() - 3600  # a stale meter: the plan's figure, no absorbing
+    box.set_state("setpoints", {})
+    targets, _, _ = controller.targets(now)
+    assert controller.site(now) == (-150.0, "planned") and targets["bat_03"] == 10.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fleet_kw=st.floats(-500, 500),
+    site_kw=st.floats(-600, 300),
+    planned=st.floats(-600, 300),
+    rooms=st.lists(st.floats(0, 50), min_size=1, max_size=10),
+)
+def test_absorbing_never_turns_an_export_into_an_import_nor_exceeds_a_room(fleet_kw, site_kw, planned, rooms):
+    from cem.fleet_control import absorb, unplanned_surplus_kw
+
+    surplus = unplanned_surplus_kw(fleet_kw, site_kw, planned)
+    assert surplus >= 0 and surplus <= max(0.0, planned - site_kw) + 1e-9
+    targets = {f"bat_{i:02d}": fleet_kw / len(rooms) for i in range(len(rooms))}
+    room = dict(zip(targets, rooms, strict=True))
+    after = absorb(targets, room, surplus)
+    extra = {name: after[name] - targets[name] for name in targets}
+    assert all(-1e-9 <= extra[name] <= room[name] + 1e-9 for name in targets)
+    if surplus > 0:
+        assert sum(after.values()) + site_kw <= 1e-6  # still exporting (or balanced), never importing
