@@ -689,7 +689,7 @@ ROWS = (
 
 def table(results: dict, share: float | None, days: int) -> str:
     lines = [
-        f"| {days} days | " + " | ".join(LABELS[s] for s in STRATEGIES) + " |",
+        f"| {days} {'day' if days == 1 else 'days'} | " + " | ".join(LABELS[s] for s in STRATEGIES) + " |",
         "|---|" + "---:|" * len(STRATEGIES),
     ]
     for key, label in ROWS:

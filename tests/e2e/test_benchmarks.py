@@ -7,8 +7,10 @@ user would notice is a benchmark that no longer runs, or prints something a scri
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +42,14 @@ def test_benchmark_smoke_run_prints_one_json_line(script):
     assert result["bench"] == script.removesuffix(".py")
     assert result["results"]
     assert set(result["goal"]) >= {"measured", "met"}
+    if script == "site_value.py":  # what the EMS is worth: its table and plot, and a saving
+        out = Path(result["out"])
+        try:
+            assert (out / "site_value.md").read_text().startswith("| 1 day | No EMS | Cariflex MPC |")
+            assert (out / "site_value.png").read_bytes().startswith(b"\x89PNG")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        kpis = result["results"]
+        assert set(kpis) == {"no_ems", "mpc", "perfect_foresight"}
+        assert kpis["mpc"]["grid_cost_eur"] < kpis["no_ems"]["grid_cost_eur"]
+        assert kpis["mpc"]["over_cap_kwh"] == 0 and kpis["mpc"]["pv_self_consumption_pct"] > 80
