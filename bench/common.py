@@ -1,4 +1,5 @@
-"""What every benchmark shares: the percentile rule and the one JSON line it prints."""
+"""What every benchmark shares: the percentile rule and the one JSON line it prints (one goal:
+``print_result``; several: ``print_goals``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,51 @@ def print_result(bench: str, results: Any, goal: str, measured: float, limit: fl
                 "results": results,
                 **extra,
                 "goal": {goal: limit, "measured": measured, "met": measured <= limit},
+            }
+        ),
+        flush=True,
+    )
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of several goals of an issue: ``measured`` must stay at or under ``limit`` (a time), or
+    with ``at_least`` reach it (a speed-up); ``measured`` None: not measured in this run."""
+
+    name: str
+    limit: float
+    measured: float | None
+    at_least: bool = False
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
+
+    def as_dict(self) -> dict:
+        return {
+            self.name: self.limit,
+            **({"at_least": True} if self.at_least else {}),
+            "measured": self.measured,
+            "met": self.met,
+        }
+
+
+def print_goals(bench: str, results: Any, goals: list[Goal], **extra: Any) -> None:
+    """The single JSON line of a benchmark with several goals: each with its limit, measured value
+    and whether it was met, and ``met`` for all of them (false while one was not measured)."""
+    print(
+        json.dumps(
+            {
+                "bench": bench,
+                "results": results,
+                **extra,
+                "goal": {
+                    "goals": [goal.as_dict() for goal in goals],
+                    "measured": {goal.name: goal.measured for goal in goals},
+                    "met": all(goal.met is True for goal in goals),
+                },
             }
         ),
         flush=True,

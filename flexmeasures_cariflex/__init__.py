@@ -37,7 +37,9 @@ def _keep_our_loggers(state) -> None:
 from flexmeasures_cariflex.api import cariflex_api_bp  # noqa: E402  (registered by FlexMeasures)
 from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,F401  (registers the CLI commands)
 from flexmeasures_cariflex.compat import warn_about_untested_dependencies  # noqa: E402
+from flexmeasures_cariflex.fm_speedups import install as _install_fm_speedups  # noqa: E402
 
 warn_about_untested_dependencies()
+_install_fm_speedups()
 
 __all__ = ["__version__", "cariflex_api_bp", "cariflex_bp"]

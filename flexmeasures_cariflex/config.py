@@ -34,11 +34,12 @@ SAFE_SECURITY_SETTINGS: dict[str, Any] = {
 }
 
 # HiGHS without limits can outlive the job timeout on a 20-device MIP (FlexMeasures #2504).
-# The MIP's binaries only forbid charging and discharging a battery at once, which the LP relaxation
-# of the fleet's problem already avoids (efficiency losses cost money): its optimum is the MIP's.
-# HiGHS' ZI-round heuristic (off by default) rounds that root solution at once; without it, HiGHS
-# spent ~1.2 s of a 1.4 s 20-device solve in RINS/sub-MIP heuristics to close the 1 % gap (0.2 s
-# with it, same objective). It only adds a heuristic: the gap and every result guarantee stay.
+# FlexMeasures' binaries only forbid a battery to charge and discharge at once, which the LP
+# relaxation of the fleet's problem already avoids at positive prices (the round-trip losses cost
+# money), so its optimum is the MIP's. HiGHS' ZI-round heuristic (off by default) rounds that root
+# solution at once; without it HiGHS spent ~1.2 s of a 1.4 s 20-device solve in its RINS and sub-MIP
+# heuristics to close the 1 % gap (0.2 s with it, same objective; degenerate optima may be picked
+# differently). It only adds a heuristic: the gap, the time limit and the constraints stay.
 LP_SOLVER_OPTIONS = {
     "time_limit": 15.0,
     "mip_rel_gap": 0.01,

