@@ -252,6 +252,36 @@ def test_a_device_away_from_its_schedule_is_reported_unless_capped(cli, fleet, f
     assert alerts(cli, "--rule", "not_following") == []
 
 
+def test_not_following_compares_with_the_cariflex_schedule_only(cli, fleet, fm_db):
+    """Issue 21: another source of type scheduler (a schedule triggered through FlexMeasures' own
+    API, say), even with a newer belief, is not what the CEM follows."""
+    from flexmeasures_cariflex.data.services.alerts import check
+
+    quarter = pd.Timestamp(datetime.now(UTC)).floor("15min") - pd.Timedelta(minutes=30)
+    minutes = pd.date_range(quarter, periods=15, freq="min")
+    other = ("StorageScheduler", "scheduler")
+    assert check(fleet)["not_following"] == 0  # no Cariflex schedule at all yet
+    store(
+        fleet,
+        {"bat_01_power": pd.Series(0.0, index=minutes), "bat_02_power": pd.Series(20.0, index=minutes)},
+        belief_time=quarter - pd.Timedelta(hours=2),
+        source=("Cariflex scheduler", "scheduler"),
+    )
+    store(
+        fleet,
+        {"bat_01_power": pd.Series(20.0, index=minutes), "bat_02_power": pd.Series(0.0, index=minutes)},
+        belief_time=quarter - pd.Timedelta(hours=1),
+        source=other,
+    )
+    idle = pd.Series(0.0, index=minutes)
+    store(fleet, {"bat_01_power": idle, "bat_02_power": idle})
+    assert check(fleet)["not_following"] == 1
+    fm_db.session.commit()
+    found = alerts(cli, "--rule", "not_following")
+    assert [a["sensor"] for a in found] == ["bat_02_power"]
+    assert "bat_02_power: measured 0.00 kW, scheduled 20.00 kW" in found[0]["detail"]
+
+
 def test_alerts_over_the_api_and_bad_since(app, cli, day, token):
     store(day, {"irradiance": pd.Series({pd.Timestamp("2026-06-10T15:00Z"): -5.0})})
     response = call(app, "GET", "/api/cariflex/v1/alerts?since=PT1H", headers={"Authorization": token})
