@@ -111,6 +111,7 @@ ORDER BY 1"""
 
 
 NET_VALUE = "CASE WHEN s.name LIKE 'pv\\_%' THEN -r.value ELSE r.value END"
+NET_ENERGY = "CASE WHEN s.name LIKE 'pv\\_%' THEN -r.energy ELSE r.energy END"
 DEVICE_POWER = ("bat_%_power", "ev_%_power", "pv_%_power")
 
 CAP = f"""SELECT $__timeGroupAlias(l.event_start, $__interval),
@@ -159,11 +160,12 @@ LEFT JOIN LATERAL (
 WHERE ga.parent_asset_id = (SELECT id FROM generic_asset WHERE name = '$site' AND parent_asset_id IS NULL)
 ORDER BY 3 DESC NULLS FIRST, 1"""
 
+# kWh per quarter-hour from the rollups' energy (the minutes measured), not the mean power x 0.25 h
 DAILY_COST = f"""SELECT $__timeGroupAlias(q.slot, '1d'),
-  sum(CASE WHEN q.kw > 0 THEN q.kw * cp.price ELSE q.kw * coalesce(pp.price, cp.price) END / 4 / 1000)
+  sum(CASE WHEN q.kwh > 0 THEN q.kwh * cp.price ELSE q.kwh * coalesce(pp.price, cp.price) END / 1000)
     AS "energy cost (EUR)"
 FROM (
-  SELECT r.bucket AS slot, sum({NET_VALUE}) AS kw
+  SELECT r.bucket AS slot, sum({NET_ENERGY}) AS kwh
   {rollup_rows(*DEVICE_POWER)}
   GROUP BY 1
 ) q

@@ -4,6 +4,12 @@ No FlexMeasures import: the VEN image does not have it. The token from ``/api/re
 goes in the ``Authorization`` header as it is (FlexMeasures answers 401 to "Bearer <token>"), and
 is renewed before FlexMeasures' 6-hour lifetime ends, or at once when a request gets a 401.
 
+Every request goes through ``cariflex.http_retry.RetryAfter``: a 429 (FlexMeasures' rate limit, per
+login: the VEN has its own, ``CARIFLEX_FM_USER``) or a 503 with Retry-After is waited out and sent
+again when the wait is short (up to ``RETRY_AFTER_MAX_WAIT_S``); a longer one is handed back as the
+answer, and until it has passed the client answers 429 itself without sending (the poster pauses its
+queue, the schedule follower keeps its copy).
+
 What an answer means for the outbox (retry it, or give up on it) is the poster's call
 (``ven_bridge.poster.classify``); the client only reports what happened, and says so when it knows
 by itself that FlexMeasures will never take an entry (``Answer.final``: a measurement for a sensor
@@ -15,17 +21,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 
 import requests
+
+from cariflex.http_retry import RetryAfter, retry_after
+
+__all__ = ["Answer", "FlexMeasuresClient", "retry_after"]
 
 TOKEN_RENEW_AFTER_S = 5 * 3600  # FlexMeasures' SECURITY_TOKEN_MAX_AGE is 6 h
 EVENTS_PATH = "/api/cariflex/v1/openadr/events"
 SENSORS_PATH = "/api/cariflex/v1/sensors"
 SCHEDULE_PATH = "/api/cariflex/v1/schedule"
 DR_VERIFICATION_PATH = "/api/cariflex/v1/dr-verification"
+RETRY_AFTER_MAX_WAIT_S = 15.0  # a longer Retry-After goes back to the caller (the poster pauses)
 
 
 @dataclass
@@ -43,26 +53,17 @@ class Answer:
         return 200 <= self.status < 300
 
 
-def retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """A Retry-After header (seconds, or an HTTP date) in seconds from now; None if absent or garbled."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 class FlexMeasuresClient:
-    def __init__(self, base_url: str, email: str, password: str, timeout_s: tuple[float, float] = (5, 15)):
+    def __init__(
+        self,
+        base_url: str,
+        email: str,
+        password: str,
+        timeout_s: tuple[float, float] = (5, 15),
+        retry: RetryAfter | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryAfter(max_wait_s=RETRY_AFTER_MAX_WAIT_S, name="FlexMeasures")
         self.email = email
         self.password = password
         self.timeout_s = timeout_s
@@ -74,10 +75,12 @@ class FlexMeasuresClient:
     def _authenticate(self) -> Answer | None:
         """Get a token; an Answer only when that failed."""
         try:
-            response = self.session.post(
-                f"{self.base_url}/api/requestAuthToken",
-                json={"email": self.email, "password": self.password},
-                timeout=self.timeout_s,
+            response = self.retry.send(
+                lambda: self.session.post(
+                    f"{self.base_url}/api/requestAuthToken",
+                    json={"email": self.email, "password": self.password},
+                    timeout=self.timeout_s,
+                )
             )
         except requests.RequestException as exc:
             return Answer(0, f"cannot reach FlexMeasures at {self.base_url}: {exc}")
@@ -97,18 +100,26 @@ class FlexMeasuresClient:
         return None
 
     def request(self, method: str, path: str, body: Any = None, headers: dict | None = None) -> Answer:
+        hold = self.retry.hold_s()
+        if hold > 0:  # FlexMeasures asked us to stay away that long: not a request before then
+            return Answer(
+                429, f"FlexMeasures asked us to wait: {hold:.0f} s left, not sent", retry_after_s=hold
+            )
         for attempt in (1, 2):
             if self._token is None or time.monotonic() - self._token_at > TOKEN_RENEW_AFTER_S:
                 failed = self._authenticate()
                 if failed:
                     return failed
             try:
-                response = self.session.request(
-                    method,
-                    f"{self.base_url}{path}",
-                    json=body,
-                    headers={"Authorization": self._token, **(headers or {})},
-                    timeout=self.timeout_s,
+                response = self.retry.send(
+                    partial(
+                        self.session.request,
+                        method,
+                        f"{self.base_url}{path}",
+                        json=body,
+                        headers={"Authorization": self._token, **(headers or {})},
+                        timeout=self.timeout_s,
+                    )
                 )
             except requests.RequestException as exc:
                 return Answer(0, f"cannot reach FlexMeasures at {self.base_url}: {exc}")

@@ -13,7 +13,16 @@ import urllib.request
 from typing import Any
 
 from cariflex import settings
+from cariflex.http_retry import RetryAfter
 from vtn.events import Conflict, InputError, NotFound
+
+
+def _open(request: urllib.request.Request) -> Any:
+    """The response, or the HTTPError urllib raises for a 4xx/5xx (it carries the status and headers)."""
+    try:
+        return urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as exc:
+        return exc
 
 
 def _request(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -28,7 +37,11 @@ def _request(base: str, method: str, path: str, body: dict[str, Any] | None = No
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        # a 429 (or 503 + Retry-After) is waited out as the API says (cariflex.http_retry)
+        answer = RetryAfter(name="VTN admin API").send(lambda: _open(request))
+        if isinstance(answer, urllib.error.HTTPError):
+            raise answer
+        with answer as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:

@@ -17,7 +17,13 @@ from cariflex.json_input import JsonInputError, load_json
 from flexmeasures_cariflex import cariflex_bp
 from flexmeasures_cariflex.cli.utils import echo_replan, fleet_option, load_fleet_or_refuse, refuse, writing
 from flexmeasures_cariflex.data.queries.site import site_sensors
-from flexmeasures_cariflex.data.services.admin_user import ADMIN_ROLES, VEN_ROLES, ensure_user, missing_roles
+from flexmeasures_cariflex.data.services.admin_user import (
+    ADMIN_ROLES,
+    VEN_ROLES,
+    ensure_user,
+    missing_roles,
+    shared_login,
+)
 from flexmeasures_cariflex.data.services.openadr_ingest import IngestError, SiteNotReady, ingest_event
 from flexmeasures_cariflex.data.services.replan import replan_now
 from flexmeasures_cariflex.data.services.site_setup import setup_site
@@ -130,6 +136,10 @@ def ensure_ven_user_command(email: str | None, fleet_file: str | None) -> None:
     password comes from $CARIFLEX_FM_PASSWORD or var/fm_ven_password (generated on first use,
     mode 600) and is shown only when created."""
     email = email or settings.get("CARIFLEX_FM_USER")
+    problem = shared_login(email, settings.get("CARIFLEX_ADMIN_EMAIL"))
+    if problem:
+        click.secho(f"Error: {problem}", fg="red", err=True)
+        sys.exit(1)
     _ensure_login("VEN user", email, VEN_ROLES, fleet_file, "CARIFLEX_FM_PASSWORD", "fm_ven_password")
 
 

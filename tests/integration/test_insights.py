@@ -252,6 +252,36 @@ def test_a_device_away_from_its_schedule_is_reported_unless_capped(cli, fleet, f
     assert alerts(cli, "--rule", "not_following") == []
 
 
+def test_not_following_compares_with_the_cariflex_schedule_only(cli, fleet, fm_db):
+    """Issue 21: another source of type scheduler (a schedule triggered through FlexMeasures' own
+    API, say), even with a newer belief, is not what the CEM follows."""
+    from flexmeasures_cariflex.data.services.alerts import check
+
+    quarter = pd.Timestamp(datetime.now(UTC)).floor("15min") - pd.Timedelta(minutes=30)
+    minutes = pd.date_range(quarter, periods=15, freq="min")
+    other = ("StorageScheduler", "scheduler")
+    assert check(fleet)["not_following"] == 0  # no Cariflex schedule at all yet
+    store(
+        fleet,
+        {"bat_01_power": pd.Series(0.0, index=minutes), "bat_02_power": pd.Series(20.0, index=minutes)},
+        belief_time=quarter - pd.Timedelta(hours=2),
+        source=("Cariflex scheduler", "scheduler"),
+    )
+    store(
+        fleet,
+        {"bat_01_power": pd.Series(20.0, index=minutes), "bat_02_power": pd.Series(0.0, index=minutes)},
+        belief_time=quarter - pd.Timedelta(hours=1),
+        source=other,
+    )
+    idle = pd.Series(0.0, index=minutes)
+    store(fleet, {"bat_01_power": idle, "bat_02_power": idle})
+    assert check(fleet)["not_following"] == 1
+    fm_db.session.commit()
+    found = alerts(cli, "--rule", "not_following")
+    assert [a["sensor"] for a in found] == ["bat_02_power"]
+    assert "bat_02_power: measured 0.00 kW, scheduled 20.00 kW" in found[0]["detail"]
+
+
 def test_alerts_over_the_api_and_bad_since(app, cli, day, token):
     store(day, {"irradiance": pd.Series({pd.Timestamp("2026-06-10T15:00Z"): -5.0})})
     response = call(app, "GET", "/api/cariflex/v1/alerts?since=PT1H", headers={"Authorization": token})
@@ -309,6 +339,68 @@ def test_only_periods_that_have_begun_count(day):
     at_four_pm = datetime(2026, 6, 10, 20, 0, tzinfo=UTC)  # 16:00 local: before the evening hours
     total = statistics(day, parse_period(DAY), now=at_four_pm)["total"]
     assert (total["consumed_kwh"], total["injected_kwh"]) == (0.0, 15.0)
+
+
+def two_minutes_injecting() -> pd.Series:
+    """bat_01 of issue 21: two 1-minute readings of -5.97 kW (discharging) in 14:00-14:15Z."""
+    return pd.Series(-5.97, index=pd.date_range("2026-06-10T14:03Z", periods=2, freq="min"))
+
+
+def test_a_partly_measured_quarter_hour_counts_its_measured_minutes(fleet):
+    """Issue 21: two 1-minute readings of -5.97 kW in a quarter-hour are 2 x 5.97 / 60 = 0.199 kWh
+    injected, not the 1.49 kWh of their mean scaled to 15 minutes."""
+    from flexmeasures_cariflex.data.services.statistics import parse_period, statistics
+
+    store(fleet, {"bat_01_power": two_minutes_injecting()})
+    later = datetime(2026, 6, 11, 12, tzinfo=UTC)
+    bat = statistics(fleet, parse_period(DAY), device="bat_01", now=later)["total"]
+    assert (bat["injected_kwh"], bat["consumed_kwh"], bat["periods"]) == (0.199, 0.0, 1)
+    site = statistics(fleet, parse_period(DAY), now=later)["total"]
+    assert site["injected_kwh"] == 0.199
+
+
+def test_the_quarter_hour_in_progress_counts_what_was_measured_up_to_now(fleet):
+    """At 14:07:30Z the quarter-hour 14:00-14:15 has seven ended minutes; the reading of 14:07 (its
+    minute still running) and a PV forecast for 14:10 on do not count yet."""
+    from flexmeasures_cariflex.data.services.statistics import parse_period, statistics
+
+    minutes = pd.date_range("2026-06-10T14:00Z", periods=8, freq="min")  # 14:00 .. 14:07
+    store(fleet, {"ev_01_power": pd.Series(6.0, index=minutes)})
+    forecast = pd.Series(30.0, index=pd.date_range("2026-06-10T14:00Z", periods=15, freq="min"))
+    store(fleet, {"pv_01_power": forecast}, belief_time=datetime(2026, 6, 10, 12, tzinfo=UTC))
+    now = datetime(2026, 6, 10, 14, 7, 30, tzinfo=UTC)
+    ev = statistics(fleet, parse_period(DAY), device="ev_01", now=now)["total"]
+    assert (ev["consumed_kwh"], ev["periods"]) == (0.7, 1)  # 7 minutes x 6 kW / 60
+    site = statistics(fleet, parse_period(DAY), now=now)["total"]
+    assert site["pv_production_kwh"] == 3.5  # 7 minutes x 30 kW / 60
+    assert (site["consumed_kwh"], site["injected_kwh"]) == (0.0, 2.8)  # net -24 kW x 7 minutes
+    # a minute later the 14:07 reading has ended; once the quarter-hour is over, the rollup holds it
+    assert (
+        statistics(fleet, parse_period(DAY), device="ev_01", now=now.replace(minute=8))["total"][
+            "consumed_kwh"
+        ]
+        == 0.8
+    )
+    after = statistics(fleet, parse_period(DAY), device="ev_01", now=datetime(2026, 6, 10, 15, tzinfo=UTC))
+    assert after["total"]["consumed_kwh"] == 0.8
+
+
+def test_an_older_rollup_table_gains_its_energy_column(fleet, fm_db):
+    """A database set up before the rollups had ``energy``: setup adds the column and refills it."""
+    from flexmeasures_cariflex.data.services.rollups import TABLE, ensure_rollups
+
+    store(fleet, {"bat_01_power": two_minutes_injecting()})
+    fm_db.session.execute(text(f"ALTER TABLE {TABLE} DROP COLUMN energy"))
+    assert ensure_rollups() is True
+    assert ensure_rollups() is False
+    energy = fm_db.session.execute(
+        text(
+            f"SELECT r.energy FROM {TABLE} r JOIN sensor s ON s.id = r.sensor_id "
+            "WHERE s.name = 'bat_01_power'"
+        )
+    ).scalar_one()
+    fm_db.session.commit()
+    assert energy == pytest.approx(-0.199)
 
 
 @pytest.mark.parametrize(

@@ -383,6 +383,40 @@ def test_a_password_from_the_environment_is_never_echoed(cli, fm_db, monkeypatch
     assert not (tmp_path / "var" / "fm_ven_password").exists()
 
 
+def test_the_ven_may_not_log_in_as_the_admin(cli, fm_db, monkeypatch, tmp_path):
+    """FlexMeasures counts its API rate limit per login: the VEN sharing the admin's would spend the
+    operators' and API users' budget (and they its own)."""
+    monkeypatch.setenv("CARIFLEX_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CARIFLEX_ADMIN_EMAIL", "boss@cariflex.example")
+    monkeypatch.setenv("CARIFLEX_FM_USER", "Boss@cariflex.example")
+    refused = cli("cariflex", "ensure-ven-user")
+    assert refused.exit_code == 1
+    assert "the VEN needs a login of its own, not the admin's (Boss@cariflex.example)" in refused.output
+    assert fm_db.session.execute(select(User)).scalars().all() == []
+    # an existing admin under another name is refused as well
+    assert cli("cariflex", "ensure-admin", "--email", "ops@cariflex.example").exit_code == 0
+    other = cli("cariflex", "ensure-ven-user", "--email", "ops@cariflex.example")
+    assert other.exit_code == 1 and "ops@cariflex.example has the role admin" in other.output
+
+
+def test_the_ven_has_a_rate_limit_budget_of_its_own(app, fm_db, fleet, token, monkeypatch):
+    """Issue 21: an operator (or API user) who spends the admin login's budget leaves the VEN's alone."""
+    from flexmeasures_cariflex.data.services.admin_user import ensure_admin
+
+    ensure_admin("admin@cariflex.example", "admin-secret-1", fleet.site.account)
+    fm_db.session.commit()
+    admin = request_token(app, "admin@cariflex.example", "admin-secret-1")
+    monkeypatch.setitem(app.config, "FLEXMEASURES_API_DEFAULT_RATE_LIMIT", "3 per 7 minutes")
+
+    def sensors(auth: str):
+        return call(app, "GET", "/api/cariflex/v1/sensors", headers={"Authorization": auth})
+
+    assert [sensors(admin).status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = sensors(admin)
+    assert limited.status_code == 429 and float(limited.headers["Retry-After"]) > 0
+    assert [sensors(token).status_code for _ in range(3)] == [200, 200, 200]
+
+
 def test_refusal_is_a_value_error():
     assert issubclass(IngestError, ValueError)
 

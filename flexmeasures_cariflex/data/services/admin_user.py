@@ -48,6 +48,26 @@ def ensure_ven_user(email: str, password: str, account_name: str) -> bool:
     return ensure_user(email, password, account_name, VEN_ROLES)
 
 
+def shared_login(ven_email: str, admin_email: str | None) -> str | None:
+    """Why ``ven_email`` may not be the VEN's login, or None.
+
+    FlexMeasures counts its API rate limit (``FLEXMEASURES_API_DEFAULT_RATE_LIMIT``, 500 requests a
+    minute by default) per login: the VEN on the admin's login would share one budget with the
+    operators and API users, and a busy dashboard or script would hold back its measurements."""
+    why = (
+        "FlexMeasures counts its rate limit per login, so the VEN would share one budget with the "
+        "operators and API users; set CARIFLEX_FM_USER to its own address (default ven@cariflex.example)"
+    )
+    if admin_email and ven_email.strip().lower() == admin_email.strip().lower():
+        return f"the VEN needs a login of its own, not the admin's ({ven_email}): {why}"
+    user = find_user(ven_email)
+    held = {r.name for r in user.roles} if user is not None else set()
+    for role in ADMIN_ROLES:
+        if role in held:
+            return f"{ven_email} has the role {role}: the VEN needs a login of its own: {why}"
+    return None
+
+
 def missing_roles(email: str, roles: Sequence[str]) -> list[str]:
     """Which of ``roles`` the (existing) user lacks."""
     user = find_user(email)

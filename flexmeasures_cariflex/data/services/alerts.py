@@ -12,7 +12,10 @@ the value, a sentence for people, and when it was recorded. Rules:
   reading for more than ``CARIFLEX_ALERT_SILENT_PERIODS`` (default 15) x its resolution.
 - ``not_following``: a battery or EV charger whose measured 15-minute mean power is more than
   max(1 kW, 10 % of its limit) away from its schedule, in a period without a load-control cap
-  (a cap legitimately overrides the schedule). An operator's own setpoint (``cariflex-ven
+  (a cap legitimately overrides the schedule). The schedule is the Cariflex scheduler's (its data
+  source, ``schedule_persist.SCHEDULER_SOURCE``): what the CEM follows. Beliefs of any other
+  source of type ``scheduler`` (e.g. a schedule someone triggered through FlexMeasures' own API)
+  are not compared. An operator's own setpoint (``cariflex-ven
   setpoint``) is not visible here and shows up as ``not_following`` too.
 
 ``flexmeasures cariflex alerts check`` runs the last two (the demo and the worker do it with the
@@ -30,9 +33,10 @@ from sqlalchemy import text
 from cariflex import settings
 from cariflex.fleet import Fleet
 from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, Sql, latest_beliefs_sql
-from flexmeasures_cariflex.data.queries.site import site_sensors
+from flexmeasures_cariflex.data.queries.site import find_source, site_sensors
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
 from flexmeasures_cariflex.data.services.rollups import statement_triggers
+from flexmeasures_cariflex.data.services.schedule_persist import SCHEDULER_SOURCE
 
 TABLE = "cariflex_alert"
 BOUNDS = "cariflex_sensor_bounds"
@@ -165,14 +169,15 @@ ON CONFLICT (sensor_id, rule, event_start) DO UPDATE
 RETURNING sensor_id
 """
 
-# The latest scheduled value per device and event, and the latest load-control level: the one
-# reader's definition (data/queries/latest_beliefs.py), rendered with this query's parameters.
+# The latest value per device and event of the Cariflex scheduler (:scheduler, its source id), and
+# the latest load-control level: the one reader's definition (data/queries/latest_beliefs.py),
+# rendered with this query's parameters.
 _SCHEDULED = latest_beliefs_sql(
     BeliefQuery(
         sensor_ids=Sql("CAST(:ids AS integer[])"),
         start=Sql(":since"),
         end=Sql(":until"),
-        source_types=["scheduler"],
+        source_ids=Sql("ARRAY[CAST(:scheduler AS integer)]"),
         cumulative_probability=None,
     ),
     literal=True,
@@ -224,6 +229,9 @@ def check(
     silent = db.session.execute(
         text(_SILENT), {"now": now, "ids": watched, "periods": silent_periods()}
     ).all()
+    scheduler = find_source(*SCHEDULER_SOURCE)
+    if scheduler is None:  # never scheduled: nothing to follow
+        return {"silent": len(silent), "not_following": 0}
     devices = [(f"{d.name}_power", d.power_kw) for d in (*fleet.batteries, *fleet.ev_chargers)]
     until = datetime.fromtimestamp(now.timestamp() // 900 * 900, UTC)
     following = db.session.execute(
@@ -232,6 +240,7 @@ def check(
             "ids": [sensors[n].id for n, _ in devices if n in sensors],
             "limits": [kw for n, kw in devices if n in sensors],
             "lc": sensors["load_control_signal"].id,
+            "scheduler": scheduler.id,
             "since": until - lookback,
             "until": until,
         },

@@ -7,8 +7,11 @@ sorts them for "latest belief per event" (~400 ms); the same panel from 15-minut
 triggers on ``timed_belief`` (INSERT, UPDATE, DELETE, with transition tables), and fills the
 table from what is already stored when it first creates it.
 
-A row: the average over a 15-minute bucket of the latest belief per event (the rules of
-``data/queries/latest_beliefs.py``, as the dashboard's raw queries pick it) of one sensor, from
+A row: the average (``value``) and the integral (``energy``: Σ value x the sensor's resolution in
+hours, kWh for a kW sensor; only the minutes actually measured count, so a quarter-hour with two
+1-minute readings holds two minutes of energy) over a 15-minute bucket of the latest belief per
+event (the rules of ``data/queries/latest_beliefs.py``, as the dashboard's raw queries pick it)
+of one sensor, from
 every source but the scheduler (``kind`` 0; the column leaves room for other kinds), leaving out a
 latest belief outside the sensor's physical bounds (``cariflex_sensor_bounds``, see alerts.py).
 Schedules are not rolled up: no week-long panel shows them, and a re-plan (28,800 rows) would pay
@@ -54,6 +57,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     value double precision,
     PRIMARY KEY (sensor_id, kind, bucket)
 );
+-- added after the first release: an older table gains it and is refilled (ensure_rollups)
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS energy double precision;
 
 CREATE OR REPLACE FUNCTION cariflex_refresh_rollup(
     p_sensor_ids integer[], p_from timestamptz, p_to timestamptz
@@ -64,19 +69,20 @@ DECLARE
 BEGIN
     DELETE FROM {TABLE}
     WHERE sensor_id = ANY (p_sensor_ids) AND bucket >= first_bucket AND bucket < last_bucket;
-    INSERT INTO {TABLE} (sensor_id, kind, bucket, value)
+    INSERT INTO {TABLE} (sensor_id, kind, bucket, value, energy)
     SELECT l.sensor_id, 0::smallint, to_timestamp(floor(extract(epoch FROM l.event_start) / 900) * 900),
-        avg(l.event_value)
+        avg(l.event_value), sum(l.event_value * extract(epoch FROM s.event_resolution) / 3600)
     FROM (
 {_LATEST}
     ) l
+    JOIN sensor s ON s.id = l.sensor_id
     LEFT JOIN cariflex_sensor_bounds b ON b.sensor_id = l.sensor_id
     WHERE b.sensor_id IS NULL
        OR l.event_value BETWEEN b.min_value - 1e-6 AND b.max_value + 1e-6
     GROUP BY 1, 2, 3
     -- two writers of the same sensor and quarter-hour at once: the later one's average wins,
     -- instead of a unique violation that would fail its write
-    ON CONFLICT (sensor_id, kind, bucket) DO UPDATE SET value = EXCLUDED.value;
+    ON CONFLICT (sensor_id, kind, bucket) DO UPDATE SET value = EXCLUDED.value, energy = EXCLUDED.energy;
 END
 $$;
 
@@ -119,9 +125,16 @@ _DDL += statement_triggers("cariflex_rollup", "cariflex_rollup_changed", ("INSER
 def ensure_rollups() -> bool:
     """Create or update the rollup table, function and triggers (caller commits).
 
-    True when the table was new (it is then filled from the beliefs already stored).
+    True when the table was new, or had no ``energy`` column yet: it is then (re)filled from the
+    beliefs already stored.
     """
-    new = db.session.execute(text("SELECT to_regclass(:t) IS NULL"), {"t": TABLE}).scalar_one()
+    new = db.session.execute(
+        text(
+            "SELECT to_regclass(:t) IS NULL OR NOT EXISTS (SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = :t AND column_name = 'energy')"
+        ),
+        {"t": TABLE},
+    ).scalar_one()
     db.session.connection().exec_driver_sql(_DDL)  # plpgsql bodies: no bind-parameter parsing
     if new:
         db.session.execute(

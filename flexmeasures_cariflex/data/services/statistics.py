@@ -5,13 +5,17 @@ year's consumption and CO2 footprint, did the batteries or the grid cover the lo
 
 Method (documented for the people who check the numbers):
 
-- Input is the 15-minute rollup of the latest belief per event (``rollups.py``): a revised
-  reading counts once, scheduler beliefs are left out, and readings outside their sensor's
-  physical bounds never get there (``alerts.py``). Energy per period = mean power x 0.25 h;
-  power is taken consumption-positive (PV production counts negative).
+- Input is the latest belief per event (``rollups.py``): a revised reading counts once,
+  scheduler beliefs are left out, and readings outside their sensor's physical bounds never get
+  there (``alerts.py``). Energy counts the minutes actually measured: Σ power x the reading's
+  duration (1/60 h for a 1-minute reading), so a quarter-hour with two 1-minute readings of
+  5.97 kW holds 0.199 kWh, not the 1.49 kWh of a mean scaled to 15 minutes. Whole quarter-hours
+  come from the rollup's ``energy``; the quarter-hour in progress counts the readings whose minute
+  has ended by ``now``, read from the beliefs themselves (the rollup also holds forecasts for the
+  minutes still to come). Power is taken consumption-positive (PV production counts negative).
 - Flows are netted per 15-minute period, the settlement period of the grid: the site imports
-  ``max(0, Σ power)`` and exports ``max(0, -Σ power)`` in each period. A device or a group
-  consumes the positive and injects the negative part of each of its devices' power.
+  ``max(0, Σ energy)`` and exports ``max(0, -Σ energy)`` in each period. A device or a group
+  consumes the positive and injects the negative part of each of its devices' energy.
 - Cost = Σ energy consumed x the consumption price of the period's hour; revenue = Σ energy
   injected x the production price (EUR/MWh). Periods without a price add no money and are
   counted in ``periods_without_price``.
@@ -48,7 +52,7 @@ from flexmeasures_cariflex.data.services.carbon import CarbonError, default_inte
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
 
 GROUPS = ("pv", "batteries", "evs")
-QUARTER_H = 0.25
+QUARTER_S = 900
 
 
 class StatisticsError(ValueError):
@@ -98,22 +102,49 @@ _HOURLY = latest_beliefs_sql(
     literal=True,
 ).text
 
+# The quarter-hour in progress: the latest measured beliefs of [:live_from, :live_to), as the
+# rollup would pick them (same reader, same bounds), of the minutes that have ended by :now.
+_LIVE = latest_beliefs_sql(
+    BeliefQuery(
+        sensor_ids=Sql("CAST(:ids AS integer[])"),
+        start=Sql(":live_from"),
+        end=Sql(":live_to"),
+        exclude_source_types=["scheduler"],
+    ),
+    literal=True,
+).text
+
 _QUERY = f"""
 WITH roles AS (
     SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:roles AS text[]), CAST(:signs AS float8[]))
         AS r(sensor_id, role, sign)
+), energies AS (
+    SELECT r.sensor_id, r.bucket, r.energy
+    FROM {ROLLUP} r
+    WHERE r.sensor_id = ANY (CAST(:ids AS integer[])) AND r.kind = 0
+      AND r.bucket >= :start AND r.bucket < :live_from
+    UNION ALL
+    SELECT l.sensor_id, to_timestamp(floor(extract(epoch FROM l.event_start) / {QUARTER_S}) * {QUARTER_S}),
+        sum(l.event_value * extract(epoch FROM s.event_resolution) / 3600)
+    FROM (
+{_LIVE}
+    ) l
+    JOIN sensor s ON s.id = l.sensor_id
+    LEFT JOIN cariflex_sensor_bounds b ON b.sensor_id = l.sensor_id
+    WHERE l.event_start + s.event_resolution <= :now
+      AND (b.sensor_id IS NULL OR l.event_value BETWEEN b.min_value - 1e-6 AND b.max_value + 1e-6)
+    GROUP BY 1, 2
 ), per AS (
     SELECT r.bucket,
         -- the hour of the period by epoch arithmetic: independent of the session's time zone
         to_timestamp(floor(extract(epoch FROM r.bucket) / 3600) * 3600) AS hour,
-        sum(ro.sign * r.value) AS net,
-        sum(greatest(ro.sign * r.value, 0)) AS consumed,
-        sum(greatest(-ro.sign * r.value, 0)) AS injected,
-        sum(CASE WHEN ro.role = 'pv' THEN -ro.sign * r.value ELSE 0 END) AS pv,
-        sum(CASE WHEN ro.role = 'battery' THEN greatest(-ro.sign * r.value, 0) ELSE 0 END) AS bat_out,
-        sum(CASE WHEN ro.role = 'ev' THEN greatest(ro.sign * r.value, 0) ELSE 0 END) AS load
-    FROM {ROLLUP} r JOIN roles ro ON ro.sensor_id = r.sensor_id
-    WHERE r.kind = 0 AND r.bucket >= :start AND r.bucket < :until
+        sum(ro.sign * r.energy) AS net,
+        sum(greatest(ro.sign * r.energy, 0)) AS consumed,
+        sum(greatest(-ro.sign * r.energy, 0)) AS injected,
+        sum(CASE WHEN ro.role = 'pv' THEN -ro.sign * r.energy ELSE 0 END) AS pv,
+        sum(CASE WHEN ro.role = 'battery' THEN greatest(-ro.sign * r.energy, 0) ELSE 0 END) AS bat_out,
+        sum(CASE WHEN ro.role = 'ev' THEN greatest(ro.sign * r.energy, 0) ELSE 0 END) AS load
+    FROM energies r JOIN roles ro ON ro.sensor_id = r.sensor_id
     GROUP BY r.bucket, 2
 ), hourly AS (
 {_HOURLY}
@@ -138,18 +169,18 @@ WITH roles AS (
 )
 SELECT (bucket AT TIME ZONE :tz)::date AS day,
     count(*) AS periods,
-    sum(e_in) * {QUARTER_H} AS consumed_kwh,
-    sum(e_out) * {QUARTER_H} AS injected_kwh,
-    sum(e_in * buy) * {QUARTER_H} / 1000 AS cost_eur,
-    sum(e_out * sell) * {QUARTER_H} / 1000 AS revenue_eur,
+    sum(e_in) AS consumed_kwh,
+    sum(e_out) AS injected_kwh,
+    sum(e_in * buy) / 1000 AS cost_eur,
+    sum(e_out * sell) / 1000 AS revenue_eur,
     count(*) FILTER (WHERE (e_in > 0 AND buy IS NULL) OR (e_out > 0 AND sell IS NULL))
         AS periods_without_price,
-    sum(e_in * carbon) * {QUARTER_H} / 1000 AS co2_kg,
-    sum(pv) * {QUARTER_H} AS pv_kwh,
-    sum(pv - pv_exported) * {QUARTER_H} AS pv_self_kwh,
-    sum(load) * {QUARTER_H} AS load_kwh,
-    sum(bat_to_load) * {QUARTER_H} AS battery_to_load_kwh,
-    sum(load - pv_to_load - bat_to_load) * {QUARTER_H} AS grid_to_load_kwh
+    sum(e_in * carbon) / 1000 AS co2_kg,
+    sum(pv) AS pv_kwh,
+    sum(pv - pv_exported) AS pv_self_kwh,
+    sum(load) AS load_kwh,
+    sum(bat_to_load) AS battery_to_load_kwh,
+    sum(load - pv_to_load - bat_to_load) AS grid_to_load_kwh
 FROM covered
 GROUP BY 1
 ORDER BY 1
@@ -207,8 +238,9 @@ def statistics(
 ) -> dict[str, Any]:
     """The figures per local day and in total for the scope (default the whole site).
 
-    Only periods that have begun by ``now`` count: PV power is also stored as a forecast ahead of
-    time, and a forecast is not energy anybody used or sold (yet)."""
+    Only readings whose period has ended by ``now`` count: PV power is also stored as a forecast
+    ahead of time, and a forecast is not energy anybody used or sold (yet). The quarter-hour in
+    progress counts with what was measured of it so far."""
     scope, roles = _roles(fleet, device, group)
     sensors = site_sensors(fleet)
     missing = [
@@ -223,6 +255,12 @@ def statistics(
     ids = [sensors[n].id for n in roles]
     signs = [1.0 if (sensors[n].attributes or {}).get("consumption_is_positive") else -1.0 for n in roles]
     site = scope == "site"
+    now = now or datetime.now(UTC)
+    # whole quarter-hours [start, live_from) from the rollup, the one in progress [live_from, live_to)
+    # from the beliefs; both empty outside the period
+    current = datetime.fromtimestamp(now.timestamp() // QUARTER_S * QUARTER_S, UTC)
+    live_from = min(max(current, start), end)
+    live_to = min(max(now, live_from), end)
     rows = db.session.execute(
         text(_QUERY),
         {
@@ -231,9 +269,9 @@ def statistics(
             "signs": signs,
             "start": start,
             "end": end,
-            "until": min(
-                end, datetime.fromtimestamp((now or datetime.now(UTC)).timestamp() // 900 * 900, UTC)
-            ),
+            "live_from": live_from,
+            "live_to": live_to,
+            "now": now,
             "buy": sensors["consumption_price"].id,
             "sell": sensors["production_price"].id,
             "carbon": sensors["grid_carbon_intensity"].id,

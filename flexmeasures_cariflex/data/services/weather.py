@@ -37,6 +37,7 @@ import requests
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from cariflex.http_retry import RetryAfter
 from cariflex.json_input import JsonInputError, clip, load_json, quote
 from cariflex.site_model import SOURCE_OPEN_METEO, SOURCE_SIMULATOR
 from cariflex.solar import clear_sky_ghi, plane_of_array, pv_power_kw, synthetic_weather
@@ -93,6 +94,7 @@ def request_open_meteo(
     retries: int = 3,
     backoff_s: float = 1.0,
     timeout_s: tuple[float, float] = (5, 30),
+    rate_limit: RetryAfter | None = None,
 ) -> dict[str, Any]:
     """The hourly series for [start, end] (dates, UTC) from the forecast or the archive API."""
     archive = end < (datetime.now(UTC) - ARCHIVE_LAG).date()
@@ -107,17 +109,25 @@ def request_open_meteo(
         "end_date": end.isoformat(),
     }
     session = session or requests.Session()
+    # 429 (or 503 + Retry-After): waited out as Open-Meteo says (cariflex.http_retry)
+    patience = rate_limit or RetryAfter(max_wait_s=60.0, name="Open-Meteo")
     problem = ""
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
-            response = session.get(url, params=params, timeout=timeout_s)
+            response = patience.send(lambda: session.get(url, params=params, timeout=timeout_s))
         except requests.RequestException as exc:
             problem = f"cannot reach {url}: {exc}"
             log.warning(
                 "open-meteo unreachable", extra={"fields": {"attempt": attempt + 1, "error": str(exc)}}
             )
+            continue
+        if response.status_code == 429:
+            problem = f"{url} rate-limited us (429)"
+            log.warning("open-meteo rate limit", extra={"fields": {"attempt": attempt + 1}})
+            if patience.hold_s() > 0:  # asked to stay away longer than we wait: not now
+                break
             continue
         if response.status_code >= 500:
             problem = f"{url} answered {response.status_code}"
