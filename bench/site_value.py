@@ -379,7 +379,10 @@ def simulate(world: World, planner: Planner) -> Trace:
             if what == "arrive":
                 device.present, device.fill_level = True, ev.arrival_kwh
             else:
-                trace.ev_short_kwh += max(0.0, ev.departure_need_kwh - device.fill_level)
+                short = max(0.0, ev.departure_need_kwh - device.fill_level)
+                if short > 0.005:
+                    trace.notes.append(f"{name} left at {t.tz_convert(world.tz):%a %H:%M} {short:.2f} kWh short")
+                trace.ev_short_kwh += short
                 device.go_idle(now)
                 device.present = False
         if i % 15 == 0:
@@ -795,10 +798,18 @@ def main() -> None:
                     "mpc_ev_short_kwh": results["mpc"]["ev_short_kwh"],
                     "met": share is not None and share >= GOAL_SHARE and mpc_ok,
                 },
-            }
+            },
+            default=_plain,
         ),
         flush=True,
     )
+
+
+def _plain(value):
+    """numpy scalars (a comparison of numpy floats is a numpy bool) as the JSON they stand for."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ FlexMeasures' continuous storage model asks for 1.5 kW in a quarter-hour as read
 The translator can only round such a target to 0 or to 4.14 kW, and the energy rounded away is
 missing when the car leaves. Here the device runs at its least power while it owes energy and
 rests while it is ahead (a sigma-delta on the energy owed), so that over a few minutes it delivers
-what was asked on average. The hysteresis (``HOLD_S`` at the least power either way) keeps it from
-switching more often than about once a minute.
+what was asked on average. It runs as soon as it owes anything, so it is never behind by more than
+one control step (a car that leaves now has what it was planned to have), and rests only once it is
+ahead by ``2 × HOLD_S`` at the least power, which keeps it from switching more often than about once
+a minute.
 
 Used by the fleet controller every control round and by ``bench/site_value.py`` every minute.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-HOLD_S = 30.0  # switch on once this many seconds at the least power are owed, off once as many ahead
+HOLD_S = 30.0  # rest once ahead by twice this many seconds at the least power
 
 
 @dataclass
@@ -40,9 +42,9 @@ class DutyCycle:
         owed = self.owed_kwh.get(name, 0.0) + target_kw * seconds / 3600
         hold = least_kw * HOLD_S / 3600
         running = self.running.get(name, False)
-        if not running and owed * sign >= hold:
-            running = True
-        elif running and owed * sign <= -hold:
+        if not running and owed * sign > 0:
+            running = True  # never behind by more than a step: a car may leave at any time
+        elif running and owed * sign <= -2 * hold:
             running = False
         power = sign * least_kw if running else 0.0
         self.owed_kwh[name] = owed - power * seconds / 3600

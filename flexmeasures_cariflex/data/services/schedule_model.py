@@ -20,6 +20,7 @@ from flexmeasures_cariflex.data.services.schedule_inputs import ScheduleInputs, 
 
 EV_SOC_MIN_PCT = 10.0
 EV_SOC_MAX_PCT = 100.0
+EV_DEPARTURE_MARGIN_KWH = 0.5
 EV_ROUNDTRIP_EFFICIENCY_PCT = round(100 * EV_CHARGE_EFFICIENCY**2, 2)  # as the devices' own model
 # FlexMeasures' default tie-breakers add a cost term per device, doubling the solve time for 20
 # devices (1.4 s vs 0.7 s); ``_tie_broken`` prices do the same job at no cost.
@@ -109,15 +110,17 @@ def _tie_broken(prices: pd.Series, grid: pd.DatetimeIndex, step: timedelta, unit
     return _segments(per_period.round(9), step, unit)
 
 
-def _driving_usage(ev: EVCharger, departures: list[pd.Timestamp], present: pd.Series) -> pd.Series:
+def _driving_usage(
+    ev: EVCharger, departures: list[pd.Timestamp], present: pd.Series, leaves_with: float
+) -> pd.Series:
     """kW drawn from the car while it is away, so that it comes back with its usual arrival energy.
 
-    What it uses on the road is taken as its departure need minus its arrival energy, spread over
+    What it uses on the road is taken as what it leaves with minus its arrival energy, spread over
     the whole time away (of which the horizon may hold only a part).
     """
     drawn = pd.Series(0.0, index=present.index)
     away_hours = 24 - ev.plugged_hours
-    used = max(0.0, ev.departure_need_kwh - ev.arrival_kwh)
+    used = max(0.0, leaves_with - ev.arrival_kwh)
     if not used or not away_hours:
         return drawn
     for moment in departures:
@@ -201,9 +204,10 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         kinds[ev.name] = (ev, soc0, EV_ROUNDTRIP_EFFICIENCY_PCT)
         available = _segments(present.astype(float) * ev.power_kw, resolution, "kW")
         departures = ev_departures(ev, start_utc, end_utc, tz)
-        minima = [
-            {"datetime": _iso(moment), "value": f"{ev.departure_need_kwh:g} kWh"} for moment in departures
-        ]
+        # the plan aims a little above the need: executing it through FRBC instructions (a charger's
+        # 4.14 kW minimum met by duty cycling, a re-plan's fresh start) may fall short by a few Wh
+        aim = min(cap, ev.departure_need_kwh + EV_DEPARTURE_MARGIN_KWH)
+        minima = [{"datetime": _iso(moment), "value": f"{aim:g} kWh"} for moment in departures]
         entry = {
             "sensor": sensors[f"{ev.name}_power"].id,
             "soc-at-start": f"{soc0:g} kWh",
@@ -217,7 +221,15 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         }
         if minima:
             entry["soc-minima"] = minima
-        driving = _driving_usage(ev, departures, present)
+            # ... and not more: a car comes back with its usual arrival energy whatever it left
+            # with, while the flex-model would carry any surplus through the trip (departure −
+            # driving use) and count on it the next day, charging that much less then. (Above the
+            # need at the first departure only if it already holds more now.)
+            entry["soc-maxima"] = [
+                {"datetime": item["datetime"], "value": f"{max(aim, soc0) if i == 0 else aim:g} kWh"}
+                for i, item in enumerate(minima)
+            ]
+        driving = _driving_usage(ev, departures, present, aim)
         if driving.any():
             usage[ev.name] = driving
             entry["soc-usage"] = [_segments(driving, resolution, "kW")]
