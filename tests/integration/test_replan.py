@@ -462,3 +462,50 @@ def test_prices_and_limits_added_through_flexmeasures_cli_replan(replanning, cli
     assert "Failed to create beliefs" in out.output and "re-planned" not in out.output, out.output
     assert schedule_versions(fm_db) == 3
     assert schedule_status(fleet)["request"] == 3
+
+
+def test_prices_saved_by_a_flexmeasures_ingestion_job_queue_a_replan(replanning, fm_db, fleet, monkeypatch):
+    """When FlexMeasures has an ingestion worker, the API answers 202 and the job writes: real Redis,
+    a real RQ worker; the job's commit queues one re-plan job on the scheduling queue."""
+    from flexmeasures.data.services.data_ingestion import add_beliefs_to_db_and_enqueue_forecasting_jobs
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from flexmeasures_cariflex.data.services.admin_user import find_user
+
+    redis = Redis("127.0.0.1", 6379)
+    ingestion = Queue(f"cariflex-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    scheduling = Queue(f"cariflex-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    monkeypatch.setitem(replanning.queues, "scheduling", scheduling)
+    _api_user_token(replanning, fm_db, fleet)
+    user_id = find_user("trader@cariflex.example").id
+    sensor_id = _sensor_ids(fleet)["consumption_price"]
+
+    def ingest(values: list[float]) -> None:
+        data = {
+            "values": values,
+            "start": THIS_HOUR.isoformat(),
+            "duration": "PT30H",
+            "unit": "EUR/MWh",
+            "prior": (MODIFIED + timedelta(seconds=next(_posts))).isoformat(),
+        }
+        ingestion.enqueue(
+            add_beliefs_to_db_and_enqueue_forecasting_jobs,
+            sensor_id=sensor_id,
+            user_id=user_id,
+            sensor_data=data,
+        )
+        SimpleWorker([ingestion], connection=redis).work(burst=True)
+
+    try:
+        ingest([120.0 + h for h in range(30)])
+        assert scheduling.count == 1 and schedule_versions(fm_db) == 0
+        ingest([120.0 + h for h in range(30)])  # the same prices again
+        assert scheduling.count == 1
+        SimpleWorker([scheduling], connection=redis).work(burst=True)
+        status = schedule_status(fleet)
+        assert status["ok"] and status["request"] == 1 and status["because"] == ["consumption_price"], status
+        assert schedule_versions(fm_db) == 1
+    finally:
+        ingestion.delete(delete_jobs=True)
+        scheduling.delete(delete_jobs=True)

@@ -97,10 +97,13 @@ def watched_sensors() -> dict[int, tuple[str, timedelta]]:
     now = time.monotonic()
     if cached is not None and cached[0] > now:
         return cached[1]
+    from flexmeasures.data import db
+
     from cariflex.fleet import FleetError, load_fleet
 
     try:
-        sensors = site_sensors(load_fleet())
+        with db.session.no_autoflush:  # called from inside the writer's statement or flush
+            sensors = site_sensors(load_fleet())
     except (SiteNotReady, FleetError):
         found, ttl = {}, NOT_READY_TTL
     else:
@@ -123,23 +126,34 @@ def _on_execute(state) -> None:
     statement = state.statement  # the ORM hands an annotated copy: compare the table by name
     if getattr(getattr(statement, "table", None), "name", None) != _TIMED_BELIEF or not _active():
         return
-    rows = list(_insert_rows(statement, state.parameters))
-    _compare(state.session, rows)
+    _compare(state.session, _insert_rows(statement, state.parameters))
 
 
-def _insert_rows(statement, parameters) -> Iterable[dict[str, Any]]:
-    """The rows of an ``Insert`` on timed_belief, as ``{column name: value}``."""
-    multi = getattr(statement, "_multi_values", ()) or ()
-    for batch in multi:  # insert(...).values([{...}, ...]), what timely-beliefs builds
-        for row in batch:
-            yield {getattr(k, "key", k): v for k, v in row.items()}
+Row = tuple[Any, Any, Any]  # sensor id, event start, event value
+
+
+def _insert_rows(statement, parameters) -> Iterable[Row]:
+    """The rows of an ``Insert`` on timed_belief: ``insert(...).values([{...}, ...])`` (what
+    timely-beliefs builds; keyed by column), ``.values({...})`` (bound parameters), or the
+    parameters of ``session.execute(insert(...), {...} or [{...}, ...])`` (keyed by name)."""
+    for batch in getattr(statement, "_multi_values", ()) or ():
+        yield from _rows_of(batch)
     single = getattr(statement, "_values", None)
-    if single:  # insert(...).values({...})
-        yield {getattr(k, "key", k): getattr(v, "value", v) for k, v in single.items()}
-    if isinstance(parameters, dict) and parameters:  # session.execute(insert(...), {...} or [...])
-        yield parameters
+    if single:
+        yield from _rows_of([{k: getattr(v, "value", v) for k, v in single.items()}])
+    if isinstance(parameters, dict) and parameters:
+        yield from _rows_of([parameters])
     elif isinstance(parameters, list | tuple):
-        yield from (p for p in parameters if isinstance(p, dict))
+        yield from _rows_of([p for p in parameters if isinstance(p, dict)])
+
+
+def _rows_of(batch: list[dict]) -> Iterable[Row]:
+    if not batch:
+        return
+    keys = {getattr(k, "key", k): k for k in batch[0]}  # the same keys in every row of a batch
+    sensor, start, value = (keys.get(name) for name in ("sensor_id", "event_start", "event_value"))
+    for row in batch:
+        yield row.get(sensor), row.get(start), row.get(value)
 
 
 def _on_before_flush(session: Session, flush_context, instances) -> None:
@@ -155,36 +169,33 @@ def _on_before_flush(session: Session, flush_context, instances) -> None:
         forget_watched_sensors()
     if not beliefs or not _active():
         return
-    rows = [
-        {
-            "sensor_id": b.sensor_id if b.sensor_id is not None else getattr(b.sensor, "id", None),
-            "event_start": b.event_start,
-            "event_value": b.event_value,
-        }
-        for b in beliefs
-    ]
+    rows = [(b.sensor_id or getattr(b.sensor, "id", None), b.event_start, b.event_value) for b in beliefs]
     with session.no_autoflush:
         _compare(session, rows)
 
 
-def _compare(session: Session, rows: list[dict[str, Any]]) -> None:
+def _compare(session: Session, rows: Iterable[Row]) -> None:
     """Note the watched sensors whose written value differs from the one believed until now."""
     watched = watched_sensors()
     if not watched:
         return
     written: dict[int, dict[datetime, float]] = {}
-    for row in rows:
-        sensor_id = row.get("sensor_id")
-        if sensor_id in watched and row.get("event_start") is not None:
-            start = pd.Timestamp(row["event_start"]).tz_convert(UTC).to_pydatetime()
-            written.setdefault(sensor_id, {})[start] = float(row["event_value"])
+    for sensor_id, event_start, value in rows:
+        if sensor_id in watched and event_start is not None and value is not None:
+            moment = pd.Timestamp(event_start)
+            moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment.tz_convert(UTC)
+            start = moment.to_pydatetime()
+            written.setdefault(sensor_id, {})[start] = float(value)
     changed = set(session.info.get(_CHANGED, ()))
     written = {i: v for i, v in written.items() if watched[i][0] not in changed}
     if not written:
         return
     low = min(min(v) for v in written.values())
     high = max(max(v) for v in written.values()) + max(watched[i][1] for i in written)
-    before = values_per_sensor(session, BeliefQuery(sensor_ids=list(written), start=low, end=high))
+    # On the connection, not the session: no flush in the middle of the writer's statement or flush
+    # (the beliefs being written are not stored yet, which is the point: the state before them).
+    query = BeliefQuery(sensor_ids=list(written), start=low, end=high)
+    before = values_per_sensor(session.connection(), query)
     for sensor_id, by_slot in written.items():
         if any(before.get(sensor_id, {}).get(slot) != value for slot, value in by_slot.items()):
             changed.add(watched[sensor_id][0])
@@ -202,13 +213,14 @@ def _on_before_commit(session: Session) -> None:
     from cariflex.fleet import FleetError, load_fleet
 
     try:
-        fleet = load_fleet()
-        site = require_site(fleet)
-        grid_signals = session.execute(
-            select(GenericAsset)
-            .filter_by(name=fleet.grid_signals.name, parent_asset_id=site.id)
-            .with_for_update()
-        ).scalar_one()
+        with session.no_autoflush:  # the commit flushes next
+            fleet = load_fleet()
+            site = require_site(fleet)
+            grid_signals = session.execute(
+                select(GenericAsset)
+                .filter_by(name=fleet.grid_signals.name, parent_asset_id=site.id)
+                .with_for_update()
+            ).scalar_one()
     except (SiteNotReady, FleetError, LookupError) as exc:  # never fail the writer's commit for it
         log.error("re-plan not requested after a FlexMeasures write", extra={"fields": {"error": str(exc)}})
         return
