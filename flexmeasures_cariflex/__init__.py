@@ -37,9 +37,11 @@ def _keep_our_loggers(state) -> None:
 from flexmeasures_cariflex.api import cariflex_api_bp  # noqa: E402  (registered by FlexMeasures)
 from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,F401  (registers the CLI commands)
 from flexmeasures_cariflex.compat import warn_about_untested_dependencies  # noqa: E402
+from flexmeasures_cariflex.data.services.replan_triggers import install as _install_replan_triggers  # noqa: E402
 from flexmeasures_cariflex.fm_speedups import install as _install_fm_speedups  # noqa: E402
 
 warn_about_untested_dependencies()
 _install_fm_speedups()
+_install_replan_triggers()  # FlexMeasures' own API and CLI writes of prices and limits re-plan too
 
 __all__ = ["__version__", "cariflex_api_bp", "cariflex_bp"]

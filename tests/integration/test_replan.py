@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from cariflex.contracts.fleet_schedule import FleetSchedule
 from flexmeasures_cariflex.config import LP_SOLVER_OPTIONS
 from flexmeasures_cariflex.data.services.replan import replan_now, schedule_status
-from tests.helpers.common import call
+from tests.helpers.common import call, request_token
 from tests.helpers.events import lc_event, post_event, price_event
 
 HOUR = timedelta(hours=1)
@@ -310,3 +310,202 @@ def test_the_served_schedule_carries_the_planned_base_load_minus_pv(replanning, 
     assert again.json["site_kw"][: 24 - moved] == body["site_kw"][moved:]
     if not moved:
         assert get_schedule(app, token, hours="6", etag=answer.headers["ETag"]).status_code == 304
+
+
+# --- prices and limits written through FlexMeasures itself (its API, its CLI) ---------------------
+
+
+def _api_user_token(app, fm_db, fleet) -> str:
+    """A plain FlexMeasures API user of the site's account (no Cariflex role), with a real token."""
+    from flexmeasures_cariflex.data.services.admin_user import ensure_user
+
+    ensure_user("trader@cariflex.example", "trader-secret-1", fleet.site.account, ())
+    fm_db.session.commit()
+    return request_token(app, "trader@cariflex.example", "trader-secret-1")
+
+
+def _sensor_ids(fleet) -> dict[str, int]:
+    from flexmeasures_cariflex.data.queries.site import site_sensors
+
+    return {name: sensor.id for name, sensor in site_sensors(fleet).items()}
+
+
+_posts = iter(range(10_000))
+
+
+def post_sensor_data(
+    app, token, sensor_id: int, values: list[float], start: datetime, duration: str, unit: str
+):
+    """FlexMeasures' own endpoint, as any FlexMeasures API user posts data; each post believed a
+    second later than the one before (FlexMeasures' default, the server's time, repeats within a
+    second, and a second post then "replaces" the first, which it refuses)."""
+    body = {
+        "values": values,
+        "start": start.isoformat(),
+        "duration": duration,
+        "unit": unit,
+        "prior": (MODIFIED + timedelta(seconds=next(_posts))).isoformat(),
+    }
+    return call(
+        app, "POST", f"/api/v3_0/sensors/{sensor_id}/data", json=body, headers={"Authorization": token}
+    )
+
+
+def test_prices_posted_through_flexmeasures_api_replan_debounced_and_only_on_change(replanning, fm_db, fleet):
+    app = replanning
+    token = _api_user_token(app, fm_db, fleet)
+    ids = _sensor_ids(fleet)
+    hourly = [80.0 if h % 24 < 6 else 300.0 if 18 <= h % 24 < 21 else 150.0 for h in range(30)]
+
+    # Not a price: a PV measurement through the same endpoint asks for nothing.
+    pv = post_sensor_data(app, token, ids["pv_01_power"], [1.0] * 60, THIS_HOUR - HOUR, "PT1H", "kW")
+    assert pv.status_code == 200, pv.json
+    assert "cariflex_replanner" not in app.extensions
+
+    # A refused write (a unit that is no price) stores nothing and asks for nothing.
+    refused = post_sensor_data(app, token, ids["consumption_price"], hourly, THIS_HOUR, "PT30H", "kW")
+    assert refused.status_code in (400, 422), refused.json
+    assert "cariflex_replanner" not in app.extensions
+
+    # A burst of two corrections: two requests, one run (debounced like the OpenADR endpoint).
+    for shift in (0.0, 1.0):
+        answer = post_sensor_data(
+            app, token, ids["consumption_price"], [v + shift for v in hourly], THIS_HOUR, "PT30H", "EUR/MWh"
+        )
+        assert answer.status_code == 200, answer.json
+    replanner = app.extensions["cariflex_replanner"]
+    assert (replanner.requests, replanner.runs) == (2, 0)
+    settle(app)
+    assert (replanner.requests, replanner.runs) == (2, 1)
+    status = schedule_status(fleet)
+    assert status["ok"] and status["request"] == 2 and status["because"] == ["consumption_price"], status
+    assert schedule_versions(fm_db) == 1
+
+    # The same prices again: FlexMeasures keeps nothing new, nothing is re-planned.
+    same = post_sensor_data(
+        app, token, ids["consumption_price"], [v + 1.0 for v in hourly], THIS_HOUR, "PT30H", "EUR/MWh"
+    )
+    assert same.status_code == 200, same.json
+    settle(app)
+    assert (replanner.requests, replanner.runs) == (2, 1) and schedule_versions(fm_db) == 1
+
+    # A production price posted by hand is a change too; so is a load-control limit.
+    feed_in = post_sensor_data(
+        app, token, ids["production_price"], [50.0] * 30, THIS_HOUR, "PT30H", "EUR/MWh"
+    )
+    limit = post_sensor_data(
+        app, token, ids["load_control_signal"], [20.0] * 8, THIS_HOUR + HOUR, "PT2H", "%"
+    )
+    assert (feed_in.status_code, limit.status_code) == (200, 200), (feed_in.json, limit.json)
+    settle(app)
+    assert (replanner.requests, replanner.runs) == (4, 2) and schedule_versions(fm_db) == 2
+    status = schedule_status(fleet)
+    assert status["ok"] and status["request"] == 4 and status["because"] == ["load_control_signal"], status
+
+
+def test_an_openadr_event_is_asked_for_once_not_again_by_the_flexmeasures_listener(
+    replanning, fm_db, fleet, token
+):
+    """The plugin's ingestion marks and asks itself; its own SQL is not seen as a FlexMeasures write."""
+    app = replanning
+    assert post_event(app, token, prices_from_now(0)).json["replan"] is True
+    replanner = app.extensions["cariflex_replanner"]
+    settle(app)
+    assert (replanner.requests, replanner.runs) == (1, 1)
+    assert schedule_status(fleet)["request"] == 1
+    # the scheduler's own writes (20 power sensors) asked for nothing either
+    assert replan_now(fleet) is None and schedule_versions(fm_db) == 1
+
+
+def test_prices_and_limits_added_through_flexmeasures_cli_replan(replanning, cli, fm_db, fleet, tmp_path):
+    ids = _sensor_ids(fleet)
+
+    def csv(name: str, rows: list[tuple[datetime, float]]) -> str:
+        path = tmp_path / name
+        path.write_text("datetime,value\n" + "".join(f"{t.isoformat()},{v}\n" for t, v in rows))
+        return str(path)
+
+    prices = csv("prices.csv", [(THIS_HOUR + h * HOUR, 100.0 + h) for h in range(30)])
+    out = cli("add", "beliefs", "--sensor", str(ids["consumption_price"]), "--source", "operator", prices)
+    assert out.exit_code == 0 and "Successfully created beliefs" in out.output, out.output
+    assert "Cariflex: re-planned" in out.output, out.output
+    assert schedule_versions(fm_db) == 1
+    assert schedule_status(fleet)["because"] == ["consumption_price"]
+
+    # The same prices again (FlexMeasures' CLI stores them anew, with a new belief time): no re-plan.
+    out = cli("add", "beliefs", "--sensor", str(ids["consumption_price"]), "--source", "operator", prices)
+    assert out.exit_code == 0 and "Successfully created beliefs" in out.output, out.output
+    assert "re-planned" not in out.output and schedule_versions(fm_db) == 1
+
+    quarters = [(THIS_HOUR + HOUR + q * timedelta(minutes=15), 25.0) for q in range(8)]
+    out = cli(
+        "add",
+        "beliefs",
+        "--sensor",
+        str(ids["load_control_signal"]),
+        "--source",
+        "operator",
+        csv("limit.csv", quarters),
+    )
+    assert out.exit_code == 0 and "Cariflex: re-planned" in out.output, out.output
+    assert schedule_versions(fm_db) == 2
+    status = schedule_status(fleet)
+    assert status["ok"] and status["because"] == ["load_control_signal"], status
+
+    # A failing write (the same beliefs at the same belief time again, no overwrite) asks for nothing.
+    fixed = csv("fixed.csv", [(THIS_HOUR + h * HOUR, 1.0) for h in range(30)])
+    args = ("add", "beliefs", "--sensor", str(ids["consumption_price"]), "--source", "operator")
+    out = cli(*args, "--horizon", "60", fixed)
+    assert out.exit_code == 0 and "Cariflex: re-planned" in out.output, out.output
+    assert schedule_versions(fm_db) == 3
+    out = cli(*args, "--horizon", "60", fixed)
+    assert "Failed to create beliefs" in out.output and "re-planned" not in out.output, out.output
+    assert schedule_versions(fm_db) == 3
+    assert schedule_status(fleet)["request"] == 3
+
+
+def test_prices_saved_by_a_flexmeasures_ingestion_job_queue_a_replan(replanning, fm_db, fleet, monkeypatch):
+    """When FlexMeasures has an ingestion worker, the API answers 202 and the job writes: real Redis,
+    a real RQ worker; the job's commit queues one re-plan job on the scheduling queue."""
+    from flexmeasures.data.services.data_ingestion import add_beliefs_to_db_and_enqueue_forecasting_jobs
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from flexmeasures_cariflex.data.services.admin_user import find_user
+
+    redis = Redis("127.0.0.1", 6379)
+    ingestion = Queue(f"cariflex-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    scheduling = Queue(f"cariflex-test-{uuid.uuid4().hex[:8]}", connection=redis)
+    monkeypatch.setitem(replanning.queues, "scheduling", scheduling)
+    _api_user_token(replanning, fm_db, fleet)
+    user_id = find_user("trader@cariflex.example").id
+    sensor_id = _sensor_ids(fleet)["consumption_price"]
+
+    def ingest(values: list[float]) -> None:
+        data = {
+            "values": values,
+            "start": THIS_HOUR.isoformat(),
+            "duration": "PT30H",
+            "unit": "EUR/MWh",
+            "prior": (MODIFIED + timedelta(seconds=next(_posts))).isoformat(),
+        }
+        ingestion.enqueue(
+            add_beliefs_to_db_and_enqueue_forecasting_jobs,
+            sensor_id=sensor_id,
+            user_id=user_id,
+            sensor_data=data,
+        )
+        SimpleWorker([ingestion], connection=redis).work(burst=True)
+
+    try:
+        ingest([120.0 + h for h in range(30)])
+        assert scheduling.count == 1 and schedule_versions(fm_db) == 0
+        ingest([120.0 + h for h in range(30)])  # the same prices again
+        assert scheduling.count == 1
+        SimpleWorker([scheduling], connection=redis).work(burst=True)
+        status = schedule_status(fleet)
+        assert status["ok"] and status["request"] == 1 and status["because"] == ["consumption_price"], status
+        assert schedule_versions(fm_db) == 1
+    finally:
+        ingestion.delete(delete_jobs=True)
+        scheduling.delete(delete_jobs=True)

@@ -4,6 +4,8 @@ Who asks: whatever writes beliefs on ``consumption_price``, ``production_price``
 ``load_control_signal`` (the OpenADR ingestion endpoint and CLI; later the plugin's own price
 commands) calls ``mark_replan_needed`` in its own transaction when a believed value changed (the
 same prices sent again change nothing and ask for nothing), then ``request_replan`` after commit.
+Writes through FlexMeasures itself (its sensor-data API, ``flexmeasures add beliefs``) are compared,
+marked and asked for in the same way by a session listener: ``replan_triggers.py``.
 
 Debounce: the ``Replanner`` of a process waits until no request came for
 CARIFLEX_REPLAN_DEBOUNCE_S (at most 10 x that in a continuous burst), then runs once: in its own
