@@ -381,7 +381,8 @@ def simulate(world: World, planner: Planner) -> Trace:
             else:
                 short = max(0.0, ev.departure_need_kwh - device.fill_level)
                 if short > 0.005:
-                    trace.notes.append(f"{name} left at {t.tz_convert(world.tz):%a %H:%M} {short:.2f} kWh short")
+                    local = t.tz_convert(world.tz)
+                    trace.notes.append(f"{name} left {local:%a %H:%M}, {short:.2f} kWh short")
                 trace.ev_short_kwh += short
                 device.go_idle(now)
                 device.present = False
@@ -789,6 +790,7 @@ def main() -> None:
                     name: {"runs": len(s), "median_s": round(statistics.median(s), 3) if s else None}
                     for name, s in seconds.items()
                 },
+                "short_departures": {name: trace.notes for name, trace in traces.items() if trace.notes},
                 "wall_s": round(time.perf_counter() - began, 1),
                 "out": str(args.out),
                 "goal": {
