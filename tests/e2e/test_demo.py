@@ -1,4 +1,5 @@
-"""`make demo` end to end: embedded database, migrations, setup, admin, server, clean stop."""
+"""`make demo` end to end: embedded database, its own Redis with an RQ worker, migrations, setup,
+admin, server, clean stop."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import threading
 from pathlib import Path
 
 import requests
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
 
 from tests.helpers.common import free_port
 from tests.helpers.openadr_harness import wait_until
@@ -63,6 +67,34 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         assert (tmp_path / "var" / "admin_password").read_text().strip() == password
         wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
         base = f"http://127.0.0.1:{port}"
+
+        # Its own Redis under var/ (not the machine's 6379), with the compose stack's worker on it,
+        # which runs a job put on FlexMeasures' scheduling queue.
+        conf = (tmp_path / "var" / "redis" / "redis.conf").read_text()
+        assert oct((tmp_path / "var" / "redis" / "redis.conf").stat().st_mode & 0o777) == "0o600"
+        redis_port = int(re.search(r"^port (\d+)$", conf, re.M)[1])
+        redis_password = re.search(r"^requirepass (\S+)$", conf, re.M)[1]
+        redis_url = f"redis://:{redis_password}@127.0.0.1:{redis_port}/0"
+        assert redis_port != 6379 and "bind 127.0.0.1" in conf
+
+        def worker_health() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "operations.launch", "worker-health"],
+                env={**env, "CARIFLEX_REDIS_URL": redis_url},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        wait_until(lambda: worker_health().returncode == 0, 120, "the demo's RQ worker", interval=1)
+        connection = Redis.from_url(redis_url)
+        job = Queue("scheduling", connection=connection).enqueue(
+            "flexmeasures_cariflex.data.services.replan.replan_job", job_timeout=180
+        )
+        wait_until(
+            lambda: job.get_status(refresh=True) in ("finished", "failed"), 180, "the worker to run the job"
+        )
+        assert job.get_status() == "finished", job.latest_result()
 
         token = requests.post(
             f"{base}/api/requestAuthToken",
@@ -162,5 +194,10 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)
     assert exit_code == 0, "".join(seen[-40:])
-    # The embedded server stopped with the demo.
+    # The embedded server stopped with the demo, and so did its Redis.
     assert not (tmp_path / "var" / "pgdata" / "postmaster.pid").exists()
+    try:
+        connection.ping()
+        raise AssertionError("the demo's Redis outlived it")
+    except RedisConnectionError:
+        pass
