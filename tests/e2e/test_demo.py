@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
+from rq.job import Job
 
 from tests.helpers.common import free_port
 from tests.helpers.openadr_harness import wait_until
@@ -101,9 +103,10 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             json={"email": "admin@cariflex.example", "password": password},
             timeout=30,
         ).json()["auth_token"]
+        auth = {"Authorization": token}
         assets = requests.get(
             f"{base}/api/v3_0/assets",
-            headers={"Authorization": token},
+            headers=auth,
             params={"all_accessible": "true"},
             timeout=30,
         ).json()
@@ -190,6 +193,41 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         for pattern in (r"Weather from (Open-Meteo|Simulator), .*pv_10_power", r"Production price for"):
             if not any(re.search(pattern, line) for line in seen):
                 wait_for(lines, pattern, 180, seen)
+
+        # FlexMeasures' own scheduling: the trigger's job is run by the demo's worker (issue 21).
+        battery = next(a for a in children if a["name"] == "bat_01")
+        sensors = requests.get(
+            f"{base}/api/v3_0/sensors", headers=auth, params={"asset": battery["id"]}, timeout=30
+        ).json()
+        power = next((s for s in sensors if s["name"].endswith("power")), None)
+        assert power is not None, sensors
+        start = datetime.now(UTC).replace(second=0, microsecond=0)
+        start = start.replace(minute=start.minute // 15 * 15) + timedelta(minutes=15)
+        trigger = requests.post(
+            f"{base}/api/v3_0/assets/{battery['id']}/schedules/trigger",
+            headers=auth,
+            json={
+                "start": start.isoformat(),
+                "duration": "PT2H",
+                "flex-model": [
+                    {
+                        "sensor": power["id"],
+                        "soc-at-start": "10 kWh",
+                        "soc-min": "0 kWh",
+                        "soc-max": "40 kWh",
+                        "power-capacity": "10 kW",
+                    }
+                ],
+                "flex-context": {"consumption-price": "100 EUR/MWh", "production-price": "50 EUR/MWh"},
+            },
+            timeout=60,
+        )
+        assert trigger.status_code in (200, 202), trigger.text
+        fm_job = Job.fetch(trigger.json().get("job") or trigger.json()["schedule"], connection=connection)
+        wait_until(
+            lambda: fm_job.get_status(refresh=True) in ("finished", "failed"), 180, "FlexMeasures' job"
+        )
+        assert fm_job.get_status() == "finished", fm_job.latest_result()
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)
