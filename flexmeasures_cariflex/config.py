@@ -56,13 +56,26 @@ def database_url() -> str:
     return embedded_server_url(settings.var_dir() / "pgdata", database="cariflex")
 
 
+# Without CARIFLEX_REDIS_URL FlexMeasures would use whatever Redis listens on localhost:6379 db 0
+# for its job queues and rate-limit counters. Port 0 is never a server: a queued job fails at once
+# (connection refused) instead of waiting for a worker that does not exist, and the rate limits
+# count in each process's memory. Re-plans then run in-process (see data/services/replan.py).
+NO_REDIS: dict[str, Any] = {
+    "FLEXMEASURES_REDIS_URL": "127.0.0.1",
+    "FLEXMEASURES_REDIS_PORT": 0,
+    "FLEXMEASURES_REDIS_DB_NR": 0,
+    "RATELIMIT_STORAGE_URI": "memory://",
+}
+
+
 def redis_settings() -> dict[str, Any]:
-    """FlexMeasures wants host, port and db number apart (its REDIS_URL is a host name)."""
+    """FlexMeasures wants host, port and db number apart (its REDIS_URL is a host name); without
+    CARIFLEX_REDIS_URL, ``NO_REDIS``."""
     from urllib.parse import urlparse
 
     url = settings.get("CARIFLEX_REDIS_URL")
     if not url:
-        return {}
+        return dict(NO_REDIS)
     parsed = urlparse(url)
     if parsed.scheme != "redis" or not parsed.hostname:
         raise ValueError(f"CARIFLEX_REDIS_URL {url!r} must look like redis://host:port/db")

@@ -1,8 +1,11 @@
 """``make demo``: the Cariflex chain on one machine, from nothing, in one command.
 
 Today it prepares the database (embedded PostgreSQL under var/ unless CARIFLEX_DATABASE_URL is
-set), runs ``flexmeasures db upgrade``, ``flexmeasures cariflex setup`` and creates the admin,
-then serves FlexMeasures with the plugin on CARIFLEX_FM_BIND until Ctrl-C or SIGTERM. Later
+set) and the job queue (a private ``redis-server`` under var/redis unless CARIFLEX_REDIS_URL is
+set; without one, re-plans run in-process and it says so), runs ``flexmeasures db upgrade``,
+``flexmeasures cariflex setup`` and creates the admin, then serves FlexMeasures with the plugin on
+CARIFLEX_FM_BIND, beside the RQ worker the compose stack runs (``python -m operations.launch
+worker``), until Ctrl-C or SIGTERM. Later
 components (VTN, VEN bridge, simulator, Grafana) join the same process list. The simulated
 devices are paired with the VEN's S2 CEM first (``cariflex-ven pair --all --token-file``, kept
 across restarts), as an operator pairs real ones.
@@ -15,7 +18,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +56,74 @@ def prepare_database() -> str:
         extra={"fields": {"where": where, "created": created, "extensions_missing": missing}},
     )
     return url
+
+
+def start_job_queue(env: dict[str, str], running: list[tuple[str, subprocess.Popen]]) -> str | None:
+    """The Redis of FlexMeasures' job queues: CARIFLEX_REDIS_URL, else a private ``redis-server``
+    under var/redis (loopback, an ephemeral port, a password, nothing persisted), else None: then
+    the demo says what is missing, re-plans run in the server's process, and FlexMeasures is given
+    no Redis at all (never whatever listens on localhost:6379)."""
+    configured = settings.get("CARIFLEX_REDIS_URL")
+    if configured:
+        env["CARIFLEX_REDIS_URL"] = configured
+        log.info("job queue ready", extra={"fields": {"where": "configured Redis"}})
+        return configured
+    server = shutil.which("redis-server", path=env.get("PATH"))
+    if server is None:
+        print(
+            "\n  demo: redis-server is not installed (not on PATH) and CARIFLEX_REDIS_URL is not set:\n"
+            "  no job queue and no worker. Re-plans run inside the FlexMeasures server instead;\n"
+            "  FlexMeasures' own scheduling (POST /api/v3_0/assets/<id>/schedules/trigger) cannot run.\n"
+            "  Install Redis (e.g. `apt-get install redis-server`) or set CARIFLEX_REDIS_URL.\n",
+            flush=True,
+        )
+        log.warning("no job queue: redis-server not found, re-plans run in-process")
+        return None
+    where = settings.var_dir() / "redis"
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    password = secrets.token_urlsafe(24)
+    conf = where / "redis.conf"
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)
+    conf.write_text(
+        "# Written by `make demo` at each start: its private job queue, nothing persisted.\n"
+        f"bind 127.0.0.1\nport {port}\nrequirepass {password}\n"
+        f'dir {where.resolve()}\nsave ""\nappendonly no\nlogfile ""\nloglevel warning\n'
+    )
+    proc = start_process("redis", [server, str(conf.resolve())], env, running)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    wait_for_redis(url, proc, timeout_s=30)
+    env["CARIFLEX_REDIS_URL"] = url
+    log.info("job queue ready", extra={"fields": {"where": f"redis-server in {where}", "port": port}})
+    return url
+
+
+def wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    client = Redis.from_url(url, socket_timeout=2)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"demo: redis-server exited with {proc.returncode} before it was ready")
+            try:
+                client.ping()
+                return
+            except RedisError:
+                time.sleep(0.2)
+    finally:
+        client.close()
+    raise SystemExit(f"demo: redis-server did not answer within {timeout_s:.0f} s")
+
+
+def worker_command() -> list[str]:
+    """The compose stack's worker (RQ on FlexMeasures' queues); the demo runs the refresh itself."""
+    return [sys.executable, "-m", "operations.launch", "worker", "--no-refresh"]
 
 
 def run_flexmeasures(commands: list[str], env: dict[str, str]) -> None:
@@ -118,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         provision_ven(settings.get("CARIFLEX_VEN_NAME"))
         vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
         env["CARIFLEX_DATABASE_URL"] = prepare_database()
+        redis_url = start_job_queue(env, running)
         run_flexmeasures(init_commands(args.fleet), env)
         if stop.is_set():
             return 0
         server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
+        if redis_url:
+            start_process("flexmeasures-worker", worker_command(), env, running)
         # Weather, PV power and the production price now and every hour after (in the background).
         threading.Thread(
             target=hourly_refresh, args=(env, args.fleet, stop), name="refresh", daemon=True
@@ -149,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             env,
             running,
         )
-        print(banner(base, vtn_admin), flush=True)
+        print(banner(base, vtn_admin, queued=bool(redis_url)), flush=True)
         log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
         while not stop.is_set() and all(proc.poll() is None for _, proc in running):
             stop.wait(1)
@@ -214,7 +291,7 @@ def provision_ven(name: str) -> None:
         store.dispose()
 
 
-def banner(base: str, vtn_admin: str) -> str:
+def banner(base: str, vtn_admin: str, queued: bool = True) -> str:
     email = settings.get("CARIFLEX_ADMIN_EMAIL")
     password_hint = (
         "$CARIFLEX_ADMIN_PASSWORD"
@@ -227,7 +304,12 @@ def banner(base: str, vtn_admin: str) -> str:
         f"  Log in as {email} (password in {password_hint}).\n"
         f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
         "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
-        "  S2: 20 simulated devices and the site's PV and base-load meters; make one obey:\n"
+        + (
+            "  Jobs: an RQ worker on FlexMeasures' scheduling and forecasting queues\n"
+            if queued
+            else "  Jobs: no Redis, no worker (re-plans run in-process; see above)\n"
+        )
+        + "  S2: 20 simulated devices and the site's PV and base-load meters; make one obey:\n"
         "      .venv/bin/cariflex-ven setpoint bat_01 30   (the site's net import: cariflex-ven status)\n"
         "  Try, in another shell:  .venv/bin/cariflex-vtn event list\n"
         "  Ctrl-C stops it.\n"

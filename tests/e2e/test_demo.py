@@ -1,4 +1,5 @@
-"""`make demo` end to end: embedded database, migrations, setup, admin, server, clean stop."""
+"""`make demo` end to end: embedded database, its own Redis with an RQ worker, migrations, setup,
+admin, server, clean stop."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
+from rq.job import Job
 
 from tests.helpers.common import free_port
 from tests.helpers.openadr_harness import wait_until
@@ -64,14 +70,43 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
         base = f"http://127.0.0.1:{port}"
 
+        # Its own Redis under var/ (not the machine's 6379), with the compose stack's worker on it,
+        # which runs a job put on FlexMeasures' scheduling queue.
+        conf = (tmp_path / "var" / "redis" / "redis.conf").read_text()
+        assert oct((tmp_path / "var" / "redis" / "redis.conf").stat().st_mode & 0o777) == "0o600"
+        redis_port = int(re.search(r"^port (\d+)$", conf, re.M)[1])
+        redis_password = re.search(r"^requirepass (\S+)$", conf, re.M)[1]
+        redis_url = f"redis://:{redis_password}@127.0.0.1:{redis_port}/0"
+        assert redis_port != 6379 and "bind 127.0.0.1" in conf
+
+        def worker_health() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "operations.launch", "worker-health"],
+                env={**env, "CARIFLEX_REDIS_URL": redis_url},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        wait_until(lambda: worker_health().returncode == 0, 120, "the demo's RQ worker", interval=1)
+        connection = Redis.from_url(redis_url)
+        job = Queue("scheduling", connection=connection).enqueue(
+            "flexmeasures_cariflex.data.services.replan.replan_job", job_timeout=180
+        )
+        wait_until(
+            lambda: job.get_status(refresh=True) in ("finished", "failed"), 180, "the worker to run the job"
+        )
+        assert job.get_status() == "finished", job.latest_result()
+
         token = requests.post(
             f"{base}/api/requestAuthToken",
             json={"email": "admin@cariflex.example", "password": password},
             timeout=30,
         ).json()["auth_token"]
+        auth = {"Authorization": token}
         assets = requests.get(
             f"{base}/api/v3_0/assets",
-            headers={"Authorization": token},
+            headers=auth,
             params={"all_accessible": "true"},
             timeout=30,
         ).json()
@@ -158,9 +193,49 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         for pattern in (r"Weather from (Open-Meteo|Simulator), .*pv_10_power", r"Production price for"):
             if not any(re.search(pattern, line) for line in seen):
                 wait_for(lines, pattern, 180, seen)
+
+        # FlexMeasures' own scheduling: the trigger's job is run by the demo's worker (issue 21).
+        battery = next(a for a in children if a["name"] == "bat_01")
+        sensors = requests.get(
+            f"{base}/api/v3_0/sensors", headers=auth, params={"asset": battery["id"]}, timeout=30
+        ).json()
+        power = next((s for s in sensors if s["name"].endswith("power")), None)
+        assert power is not None, sensors
+        start = datetime.now(UTC).replace(second=0, microsecond=0)
+        start = start.replace(minute=start.minute // 15 * 15) + timedelta(minutes=15)
+        trigger = requests.post(
+            f"{base}/api/v3_0/assets/{battery['id']}/schedules/trigger",
+            headers=auth,
+            json={
+                "start": start.isoformat(),
+                "duration": "PT2H",
+                "flex-model": [
+                    {
+                        "sensor": power["id"],
+                        "soc-at-start": "10 kWh",
+                        "soc-min": "0 kWh",
+                        "soc-max": "40 kWh",
+                        "power-capacity": "10 kW",
+                    }
+                ],
+                "flex-context": {"consumption-price": "100 EUR/MWh", "production-price": "50 EUR/MWh"},
+            },
+            timeout=60,
+        )
+        assert trigger.status_code in (200, 202), trigger.text
+        fm_job = Job.fetch(trigger.json().get("job") or trigger.json()["schedule"], connection=connection)
+        wait_until(
+            lambda: fm_job.get_status(refresh=True) in ("finished", "failed"), 180, "FlexMeasures' job"
+        )
+        assert fm_job.get_status() == "finished", fm_job.latest_result()
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)
     assert exit_code == 0, "".join(seen[-40:])
-    # The embedded server stopped with the demo.
+    # The embedded server stopped with the demo, and so did its Redis.
     assert not (tmp_path / "var" / "pgdata" / "postmaster.pid").exists()
+    try:
+        connection.ping()
+        raise AssertionError("the demo's Redis outlived it")
+    except RedisConnectionError:
+        pass
