@@ -36,7 +36,11 @@ VARIABLES: tuple[Variable, ...] = (
         "server on which tests create (and drop) their own databases; unset = 127.0.0.1:5432 "
         "when reachable, else embedded",
     ),
-    Variable("CARIFLEX_REDIS_URL", None, "redis://host:port/db; unset = schedules run in-process"),
+    Variable(
+        "CARIFLEX_REDIS_URL",
+        None,
+        "redis://host:port/db for the job queue; unset: make demo starts its own under var/redis",
+    ),
     Variable(
         "CARIFLEX_REPLAN_DEBOUNCE_S",
         "2",
