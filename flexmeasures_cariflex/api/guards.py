@@ -30,6 +30,7 @@ from flexmeasures_cariflex.api import cariflex_api_bp
 OUR_MAX_BYTES = 1024 * 1024
 FLEXMEASURES_MAX_BYTES = 16 * 1024 * 1024
 SENSOR_DATA_PATH = re.compile(r"^/api/v3_0/sensors/[^/]+/data/?$")
+TRIGGER_PATH = re.compile(r"^/api/v3_0/(assets|sensors)/[^/]+/schedules/trigger/?$")
 
 
 def _refuse(status: int, message: str) -> Response:
@@ -63,12 +64,28 @@ def guard_json_bodies() -> Response | None:
     except JsonInputError as exc:
         current_app.logger.warning(f"refused {request.method} {quote(request.path, 80)}: {exc}")
         return _refuse(400, f"the request body must be a JSON object within limits: {exc}")
+    if request.method == "POST" and TRIGGER_PATH.match(request.path) and not _has_job_queue():
+        # FlexMeasures would try to enqueue on the port-0 placeholder (config.NO_REDIS) and answer
+        # a 500 after redis-py's retries; a 409 (not a 5xx): the request conflicts with how this
+        # server is set up, and says how
+        return _refuse(
+            409,
+            "this server has no job queue (CARIFLEX_REDIS_URL is not set), so FlexMeasures' "
+            "scheduling jobs cannot run; the Cariflex fleet schedule is planned in-process "
+            "(flexmeasures cariflex replan)",
+        )
     if request.method == "POST" and SENSOR_DATA_PATH.match(request.path) and isinstance(body, dict):
         values = body.get("values")
         if isinstance(values, list) and not values:
             # FlexMeasures 1.0.1: 500 from its schema on an empty list
             return _refuse(422, "values: the list is empty; send at least one value")
     return None
+
+
+def _has_job_queue() -> bool:
+    from flexmeasures_cariflex.config import NO_REDIS
+
+    return current_app.config.get("FLEXMEASURES_REDIS_PORT") != NO_REDIS["FLEXMEASURES_REDIS_PORT"]
 
 
 @cariflex_api_bp.record_once

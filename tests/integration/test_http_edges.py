@@ -166,3 +166,22 @@ def test_load_json_names_the_place_and_the_problem(raw, problem):
         load_json(raw)
     assert problem in str(refused.value)
     assert load_json('{"a": [1, 2.5, "é"]}') == {"a": [1, 2.5, "é"]}
+
+
+def test_flexmeasures_trigger_without_a_job_queue_is_refused_with_why_not_a_500(
+    app, fm_db, token, fleet, monkeypatch
+):
+    """Without CARIFLEX_REDIS_URL FlexMeasures' queues point at port 0 (config.NO_REDIS): its
+    schedule trigger would answer a 500 after redis-py's retries; the guard answers 409 and why."""
+    from flexmeasures.data.models.generic_assets import GenericAsset
+
+    from flexmeasures_cariflex.config import NO_REDIS
+
+    monkeypatch.setitem(app.config, "FLEXMEASURES_REDIS_PORT", NO_REDIS["FLEXMEASURES_REDIS_PORT"])
+    named = select(GenericAsset).where(GenericAsset.name == fleet.site.name)
+    site = fm_db.session.execute(named).scalar_one()
+    body = {"start": "2030-01-01T00:00:00+00:00", "duration": "PT24H"}
+    url = f"/api/v3_0/assets/{site.id}/schedules/trigger"
+    response = call(app, "POST", url, json=body, headers={"Authorization": token})
+    assert_clean(response)
+    assert response.status_code == 409 and "no job queue" in response.json["message"], response.json
