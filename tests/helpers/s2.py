@@ -39,3 +39,34 @@ def details(
         provides_forecast=False,
         provides_power_measurement_types=[CommodityQuantity.ELECTRIC_POWER_3_PHASE_SYMMETRIC],
     )
+
+
+def site_schedule(start, site_kw: list[float | None] | None, kw: float = 50.0) -> dict:
+    """A schedule as FlexMeasures serves it: every battery at ``kw`` for 4 h from ``start``, and
+    the site's base load − PV per quarter-hour (``None``: a schedule without ``site_kw``)."""
+    served = {
+        "version": "v-site",
+        "ok": True,
+        "breaches": [],
+        "start": start.isoformat(),
+        "resolution": "PT15M",
+        "unit": "kW",
+        "devices": {b.name: [kw] * 16 for b in FLEET.batteries},
+    }
+    if site_kw is not None:
+        served["site_kw"] = site_kw
+    return served
+
+
+def follower_answering(outbox, answers: list[dict]):
+    """A ScheduleFollower whose FlexMeasures answers each fetch with the next of ``answers``."""
+    import json
+    from types import SimpleNamespace
+
+    from cem.schedule_follower import ScheduleFollower
+
+    def get_schedule(hours, etag=None):
+        body = answers.pop(0)
+        return SimpleNamespace(status=200, text=json.dumps(body), etag=f'"{len(answers)}"', accepted=True)
+
+    return ScheduleFollower(SimpleNamespace(get_schedule=get_schedule), outbox)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cem.fleet_control import Flex, allocate, load_control_level
+from tests.helpers.s2 import follower_answering, site_schedule
 
 
 def test_no_cap_keeps_the_setpoints():
@@ -196,38 +197,6 @@ def test_a_negative_allowance_discharges_the_batteries_to_their_floors():
     assert shortfall == pytest.approx(50)
 
 
-def _site_schedule(start: datetime, site_kw: list[float | None] | None, kw: float = 50.0) -> dict:
-    """A served schedule: every battery at ``kw`` for 4 h, and the site's base load − PV."""
-    from tests.helpers.s2 import FLEET
-
-    served = {
-        "version": "v-site",
-        "ok": True,
-        "breaches": [],
-        "start": start.isoformat(),
-        "resolution": "PT15M",
-        "unit": "kW",
-        "devices": {b.name: [kw] * 16 for b in FLEET.batteries},
-    }
-    if site_kw is not None:
-        served["site_kw"] = site_kw
-    return served
-
-
-def _follower(outbox, answers: list[dict]):
-    """A ScheduleFollower whose FlexMeasures answers each fetch with the next schedule."""
-    import json
-    from types import SimpleNamespace
-
-    from cem.schedule_follower import ScheduleFollower
-
-    def get_schedule(hours, etag=None):
-        body = answers.pop(0)
-        return SimpleNamespace(status=200, text=json.dumps(body), etag=f'"{len(answers)}"', accepted=True)
-
-    return ScheduleFollower(SimpleNamespace(get_schedule=get_schedule), outbox)
-
-
 def _batteries_under_frbc(cem, fill_kwh: float, power_kw: float) -> None:
     from cariflex.s2.devices import battery_model
     from tests.helpers.s2 import FLEET
@@ -251,7 +220,7 @@ def test_the_cap_holds_on_the_net_import_with_the_planned_base_load_minus_pv(tmp
 
     start = period_start(datetime.now(UTC))
     box, cem = Outbox(tmp_path), Cem()
-    follower = _follower(box, [_site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
+    follower = follower_answering(box, [site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
     assert follower.fetch()
     period = [start + timedelta(minutes=15 * i + 7) for i in range(4)]
     assert [follower.site_kw(t) for t in period] == [100.0, -300.0, None, 300.0]
@@ -277,7 +246,7 @@ def test_the_cap_holds_on_the_net_import_with_the_planned_base_load_minus_pv(tmp
     assert fleet_import(period[3]) == (0.0, 120.0, 180.0)
 
     # Without site_kw in the schedule (an older plugin, a fleet without PV and base load): as before.
-    controller.follower = _follower(box, [_site_schedule(start, None)])
+    controller.follower = follower_answering(box, [site_schedule(start, None)])
     assert controller.follower.fetch()
     _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=0.0)
     assert [fleet_import(t) for t in period] == [(180.0, 0.0, 180.0)] * 4
@@ -301,7 +270,7 @@ def test_status_shows_the_fleet_the_planned_site_and_the_net_import(tmp_path):
 
     start = period_start(datetime.now(UTC))
     box, cem = Outbox(tmp_path), Cem()
-    follower = _follower(box, [_site_schedule(start, [100.0] * 16, kw=8.0)])
+    follower = follower_answering(box, [site_schedule(start, [100.0] * 16, kw=8.0)])
     assert follower.fetch()
     _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=8.0)  # 10 x 8 kW measured
     controller = FleetController(load_fleet(), cem, box, follower=follower)
@@ -325,7 +294,7 @@ def test_status_shows_the_fleet_the_planned_site_and_the_net_import(tmp_path):
 
     # A schedule without the site's figure: the fleet still shows, the site is unknown.
     box = Outbox(tmp_path)
-    controller.follower = _follower(box, [_site_schedule(start, None, kw=8.0)])
+    controller.follower = follower_answering(box, [site_schedule(start, None, kw=8.0)])
     assert controller.follower.fetch()
     asyncio.run(controller.step())
     box.set_state("s2", controller.status())
@@ -347,7 +316,7 @@ def test_an_event_is_judged_on_the_net_import_where_the_plan_knows_the_site(tmp_
 
     start = period_start(datetime.now(UTC)) + timedelta(minutes=15)
     box, cem = Outbox(tmp_path), Cem()
-    follower = _follower(box, [_site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
+    follower = follower_answering(box, [site_schedule(start, [100.0, -300.0, None, 300.0] * 4)])
     assert follower.fetch()
     _batteries_under_frbc(cem, fill_kwh=10.0, power_kw=0.0)
     controller = FleetController(load_fleet(), cem, box, follower=follower)
@@ -381,7 +350,7 @@ def test_pv_the_plan_did_not_expect_goes_into_the_batteries_not_the_grid(tmp_pat
     meters = site_meters(fleet)
     box, cem = Outbox(tmp_path), Cem(meters=meters)
     controller = FleetController(
-        fleet, cem, box, follower=_follower(box, [_site_schedule(start, [-150.0] * 16, kw=10.0)])
+        fleet, cem, box, follower=follower_answering(box, [site_schedule(start, [-150.0] * 16, kw=10.0)])
     )
     assert controller.follower.fetch()
     _batteries_under_frbc(cem, fill_kwh=50.0, power_kw=10.0)

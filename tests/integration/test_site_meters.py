@@ -47,7 +47,7 @@ from cem.server import Cem
 from simulator import build_meters, start_fleet
 from simulator.site import SiteClock
 from tests.helpers.fuzzing import campaign, tally
-from tests.helpers.s2 import FLEET, METERED, details
+from tests.helpers.s2 import FLEET, METERED, details, follower_answering, site_schedule
 from ven_bridge.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -173,19 +173,7 @@ def test_the_cap_holds_on_the_measured_net_import(tmp_path, site_time, level, ca
 
 def _planned_follower(outbox: Outbox, site_kw: float) -> ScheduleFollower:
     """A follower holding a served schedule whose base load − PV is ``site_kw`` all along."""
-    start = period_start(datetime.now(UTC))
-    served = {
-        "version": "v-meters",
-        "ok": True,
-        "breaches": [],
-        "start": start.isoformat(),
-        "resolution": "PT15M",
-        "unit": "kW",
-        "devices": {b.name: [50.0] * 16 for b in FLEET.batteries},
-        "site_kw": [site_kw] * 16,
-    }
-    answer = SimpleNamespace(status=200, text=json.dumps(served), etag='"1"', accepted=True)
-    follower = ScheduleFollower(SimpleNamespace(get_schedule=lambda hours, etag=None: answer), outbox)
+    follower = follower_answering(outbox, [site_schedule(period_start(datetime.now(UTC)), [site_kw] * 16)])
     assert follower.fetch()
     return follower
 
