@@ -62,6 +62,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 	$(BIN)/python -m flexmeasures_cariflex.config
+	$(BIN)/python -m flexmeasures_cariflex.ui fetch
 	@touch $@
 
 constraints: $(STAMP)

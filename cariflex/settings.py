@@ -53,6 +53,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_FLEET_FILE", None, "fleet description YAML; unset = the packaged Cariflex fleet"),
     Variable("CARIFLEX_FM_BIND", "127.0.0.1:5000", "address the FlexMeasures server listens on"),
     Variable(
+        "CARIFLEX_UI_VENDOR_DIR",
+        None,
+        "FlexMeasures' web UI assets (fetched at install); unset = flexmeasures_cariflex/ui/vendor",
+    ),
+    Variable(
         "CARIFLEX_FM_TRUSTED_HOSTS",
         "127.0.0.1,localhost",
         "host names FlexMeasures answers to (comma-separated); add your public name in production",

@@ -15,11 +15,11 @@ The site's net import at the connection = base load + batteries + EV chargers - 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from cariflex.fleet import Fleet, as_dict
+from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger, Fleet, as_dict
 
 ONE_MINUTE = timedelta(minutes=1)
 QUARTER = timedelta(minutes=15)
@@ -96,10 +96,72 @@ def _soc(name: str) -> SensorSpec:
     return SensorSpec(f"{name}_soc", "kWh", ONE_MINUTE)
 
 
+# FlexMeasures runs this scheduler (a registered plugin class, see
+# flexmeasures_cariflex/data/models/planning.py) for any trigger on the site or one of its assets:
+# the site is scheduled as one fleet, so a trigger on a single device is refused with a reason.
+CUSTOM_SCHEDULER = "CariflexFleetScheduler"
+# An EV's usable battery range, and its round trip as the devices' own model loses it (each way)
+EV_SOC_MIN_PCT = 10.0
+EV_SOC_MAX_PCT = 100.0
+EV_ROUNDTRIP_EFFICIENCY_PCT = round(100 * EV_CHARGE_EFFICIENCY**2, 2)
+
+
 def site_attributes(fleet: Fleet) -> dict[str, Any]:
     site = fleet.site
     # Not FlexMeasures' legacy "capacity_in_mw": on an asset it gets moved into the flex-model.
-    return {"timezone": site.timezone, "capacity_kw": site.capacity_kw}
+    return {"timezone": site.timezone, "capacity_kw": site.capacity_kw, "custom-scheduler": CUSTOM_SCHEDULER}
+
+
+def site_flex_context(fleet: Fleet, sensor_ids: dict[str, int]) -> dict[str, Any]:
+    """The site's flex-context in FlexMeasures' own fields (``generic_asset.flex_context``).
+
+    What FlexMeasures' UI and API show for the site, and what the Cariflex scheduler reads: the
+    price sensors, the connection's capacities, and PV and the base load as inflexible devices
+    (the capacities hold for the net import at the connection). The load-control signal is not a
+    flex-context field: the Cariflex scheduler scales ``site-consumption-capacity`` by it per period.
+    """
+    context: dict[str, Any] = {
+        "consumption-price": {"sensor": sensor_ids["consumption_price"]},
+        "production-price": {"sensor": sensor_ids["production_price"]},
+        "site-consumption-capacity": f"{fleet.site.capacity_kw:g} kW",
+        "site-production-capacity": f"{fleet.site.capacity_kw:g} kW",
+        # Site limits and SoC limits are hard: a load-control cap is an obligation.
+        "relax-site-capacity-constraints": False,
+        "relax-soc-constraints": False,
+    }
+    pv = [{"sensor": sensor_ids[f"{p.name}_power"]} for p in fleet.pv if f"{p.name}_power" in sensor_ids]
+    if pv:
+        context["inflexible-production"] = pv
+    if fleet.site.base_load_kw is not None and SITE_LOAD in sensor_ids:
+        context["inflexible-consumption"] = [{"sensor": sensor_ids[SITE_LOAD]}]
+    return context
+
+
+def device_flex_model(device: Battery | EVCharger) -> dict[str, Any]:
+    """A battery's or EV charger's flex-model in FlexMeasures' own fields (``generic_asset.flex_model``):
+    its physical limits. What changes per run (the state of charge at the start, an EV's presence
+    and departures, the end-of-horizon target) the Cariflex scheduler adds to these.
+
+    No ``state-of-charge`` reference: FlexMeasures accepts only an instantaneous sensor there, and
+    ``<name>_soc`` holds one-minute readings; the scheduler reads it by name (``soc-at-start``).
+    """
+    if isinstance(device, Battery):
+        return {
+            "soc-min": f"{device.capacity_kwh * device.soc_min_pct / 100:g} kWh",
+            "soc-max": f"{device.capacity_kwh * device.soc_max_pct / 100:g} kWh",
+            "power-capacity": f"{device.power_kw:g} kW",
+            "roundtrip-efficiency": f"{device.roundtrip_efficiency_pct:g}%",
+        }
+    cap = device.battery_capacity_kwh
+    model = {
+        "soc-min": f"{cap * EV_SOC_MIN_PCT / 100:g} kWh",
+        "soc-max": f"{cap * EV_SOC_MAX_PCT / 100:g} kWh",
+        "power-capacity": f"{device.power_kw:g} kW",
+        "roundtrip-efficiency": f"{EV_ROUNDTRIP_EFFICIENCY_PCT:g}%",
+    }
+    if not device.bidirectional:
+        model["production-capacity"] = "0 kW"
+    return model
 
 
 def child_assets(fleet: Fleet) -> list[AssetSpec]:
@@ -199,7 +261,21 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
             ),
         )
     )
-    return assets
+    # Every asset names the Cariflex scheduler, so that a trigger on any of them is answered by it
+    # (with a refusal that names the site to trigger instead) and never by a plain StorageScheduler
+    # that would ignore load control, the EVs' timetables and the rest of the fleet.
+    # Sensors too: FlexMeasures' (deprecated) sensor trigger looks at the sensor's attributes.
+    return [
+        replace(
+            a,
+            attributes={**a.attributes, "custom-scheduler": CUSTOM_SCHEDULER},
+            sensors=tuple(
+                replace(s, attributes={**s.attributes, "custom-scheduler": CUSTOM_SCHEDULER})
+                for s in a.sensors
+            ),
+        )
+        for a in assets
+    ]
 
 
 def sensor_names(fleet: Fleet) -> list[str]:

@@ -26,12 +26,14 @@ COPY flexmeasures_cariflex flexmeasures_cariflex
 COPY operations operations
 RUN python -m pip install --no-cache-dir --no-deps . \
     && python -m flexmeasures_cariflex.config \
+    && CARIFLEX_UI_VENDOR_DIR=/opt/cariflex/ui-vendor python -m flexmeasures_cariflex.ui fetch \
     && groupadd --system --gid 10001 cariflex \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/cariflex --create-home cariflex
 
 USER 10001:10001
 WORKDIR /var/lib/cariflex
 ENV CARIFLEX_VAR_DIR=/var/lib/cariflex \
+    CARIFLEX_UI_VENDOR_DIR=/opt/cariflex/ui-vendor \
     CARIFLEX_FM_BIND=0.0.0.0:5000
 EXPOSE 5000
 HEALTHCHECK --interval=20s --timeout=10s --start-period=180s --retries=6 \

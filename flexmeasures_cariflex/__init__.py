@@ -2,7 +2,8 @@
 weather, scheduling and statistics for the Cariflex fleet.
 
 FlexMeasures registers every Blueprint found at the top of this module: ``cariflex_bp`` carries
-the CLI group ``flexmeasures cariflex``, ``cariflex_api_bp`` the HTTP API under /api/cariflex/v1.
+the CLI group ``flexmeasures cariflex``, ``cariflex_api_bp`` the HTTP API under /api/cariflex/v1,
+``cariflex_ui_bp`` FlexMeasures' web UI assets served locally (``ui/``: the UI works offline).
 
 Layout as in FlexMeasures: ``api/`` (HTTP), ``cli/`` (click commands, shared helpers in
 ``cli/utils``), ``data/services/`` (what the API and CLI do), ``data/queries/`` (reads, above all
@@ -39,9 +40,10 @@ from flexmeasures_cariflex.cli import commands, insights, weather  # noqa: E402,
 from flexmeasures_cariflex.compat import warn_about_untested_dependencies  # noqa: E402
 from flexmeasures_cariflex.data.services.replan_triggers import install as _install_replan_triggers  # noqa: E402
 from flexmeasures_cariflex.fm_speedups import install as _install_fm_speedups  # noqa: E402
+from flexmeasures_cariflex.ui.offline import ui_bp as cariflex_ui_bp  # noqa: E402  (registered by FlexMeasures)
 
 warn_about_untested_dependencies()
 _install_fm_speedups()
 _install_replan_triggers()  # FlexMeasures' own API and CLI writes of prices and limits re-plan too
 
-__all__ = ["__version__", "cariflex_api_bp", "cariflex_bp"]
+__all__ = ["__version__", "cariflex_api_bp", "cariflex_bp", "cariflex_ui_bp"]

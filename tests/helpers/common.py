@@ -40,6 +40,14 @@ def call(app, method: str, url: str, **kwargs):
         return app.test_client().open(url, method=method, **kwargs)
 
 
+def assert_clean(response) -> None:
+    """No 5xx, no SQL and no stack trace in what went out."""
+    text = response.get_data(as_text=True)
+    assert response.status_code < 500, text[:500]
+    for leak in ("UPDATE ", "SELECT ", "INSERT ", "Traceback", "psycopg2", "sqlalchemy"):
+        assert leak not in text, text[:500]
+
+
 def request_token(app, email: str, password: str) -> str:
     response = call(app, "POST", "/api/requestAuthToken", json={"email": email, "password": password})
     assert response.status_code == 200, response.json

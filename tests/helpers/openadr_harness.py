@@ -211,8 +211,8 @@ class FlexMeasuresServer:
         )
         self.process: LoggedProcess | None = None
 
-    def prepare(self) -> None:
-        commands = ["db upgrade", "cariflex setup", "cariflex ensure-ven-user"]
+    def prepare(self, *more: str) -> None:
+        commands = ["db upgrade", "cariflex setup", "cariflex ensure-ven-user", *more]
         result = subprocess.run(
             [sys.executable, "-m", "flexmeasures_cariflex.cli.batch", *commands],
             env=self.env,

@@ -13,7 +13,7 @@ from flexmeasures.data.models.time_series import Sensor, TimedBelief
 from sqlalchemy import func, select
 
 from cariflex.json_input import JsonInputError, load_json
-from tests.helpers.common import call
+from tests.helpers.common import assert_clean, call
 from tests.helpers.events import price_event
 
 EVENTS = "/api/cariflex/v1/openadr/events"
@@ -37,13 +37,6 @@ def empty_values_post() -> dict:
         "duration": "PT1M",
         "unit": "kW",
     }
-
-
-def assert_clean(response) -> None:
-    text = response.get_data(as_text=True)
-    assert response.status_code < 500, text[:500]
-    for leak in ("UPDATE ", "SELECT ", "INSERT ", "Traceback", "psycopg2", "sqlalchemy"):
-        assert leak not in text, text[:500]
 
 
 @pytest.mark.parametrize(

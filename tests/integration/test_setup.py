@@ -126,7 +126,12 @@ def test_grown_fleet_adds_what_is_new_and_shrunk_fleet_deletes_nothing(cli, fm_d
     grown = cli("cariflex", "setup", "--fleet", str(fleet_file(tmp_path, add_pv_03)))
     assert "created  asset 'pv_03'" in grown.output
     assert "created  sensor 'pv_03_power'" in grown.output
-    assert "2 created, 0 updated" in grown.output
+    # ... and the site's flex-context counts the new PV among its inflexible devices
+    assert "updated  asset 'Test site' (flex-context)" in grown.output
+    assert "2 created, 1 updated" in grown.output
+    site = fm_db.session.execute(select(GenericAsset).filter(GenericAsset.name == "Test site")).scalar_one()
+    pv_03 = fm_db.session.execute(select(Sensor).filter(Sensor.name == "pv_03_power")).scalar_one()
+    assert {"sensor": pv_03.id} in site.flex_context["inflexible-production"]
 
     shrunk = cli("cariflex", "setup", "--fleet", str(fleet_file(tmp_path)))
     assert shrunk.exit_code == 0
@@ -146,6 +151,7 @@ def test_changed_parameter_updates_the_asset(cli, fm_db, tmp_path):
 
     result = cli("cariflex", "setup", "--fleet", str(fleet_file(tmp_path, bigger)))
     assert "updated  asset 'bat_01' (attributes)" in result.output
+    assert "updated  asset 'bat_01' (flex-model)" in result.output
     bat = fm_db.session.execute(select(GenericAsset).filter(GenericAsset.name == "bat_01")).scalar_one()
     assert bat.attributes["capacity_kwh"] == 150.0
 

@@ -45,6 +45,7 @@ from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, serie
 from flexmeasures_cariflex.data.queries.site import require_site
 from flexmeasures_cariflex.data.services.fleet_schedule import (
     QUARTER,
+    FleetScheduleResult,
     ScheduleRefused,
     compute_fleet_schedule,
 )
@@ -119,18 +120,8 @@ def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False
         status.update(ok=False, error=str(exc), breaches=[], notes=[])
         log.error("re-plan refused", extra={"fields": {"error": str(exc), "request": number}})
     else:
-        status.update(
-            ok=result.ok,
-            error=result.infeasible,
-            breaches=result.breaches,
-            notes=result.notes,
-            start=result.start.isoformat(),
-            end=result.end.isoformat(),
-            compute_s=round(result.compute_seconds, 3),
-            save_s=round(result.save_seconds, 3),
-        )
+        status.update(outcome(result))
         if result.ok:
-            status["version"] = result.belief_time.isoformat()
             log.info(
                 "re-planned",
                 extra={
@@ -155,6 +146,48 @@ def replan_now(fleet: Fleet, *, now: datetime | None = None, force: bool = False
     site.attributes = {**(site.attributes or {}), STATUS_KEY: status}
     db.session.commit()
     return status
+
+
+def outcome(result: FleetScheduleResult) -> dict[str, Any]:
+    """What a run's status records of its result (the version only when a schedule was saved)."""
+    status: dict[str, Any] = {
+        "ok": result.ok,
+        "error": result.infeasible,
+        "breaches": result.breaches,
+        "notes": result.notes,
+        "start": result.start.isoformat(),
+        "end": result.end.isoformat(),
+        "compute_s": round(result.compute_seconds, 3),
+        "save_s": round(result.save_seconds, 3),
+    }
+    if result.ok and result.belief_time is not None:
+        status["version"] = result.belief_time.isoformat()
+    return status
+
+
+def schedule_on_trigger(
+    fleet: Fleet, start: datetime, duration: timedelta, resolution: timedelta, because: str
+):
+    """A schedule FlexMeasures' own trigger asked for (its worker, through the Cariflex scheduler
+    class): the same computation and saving as the plugin's own runs, one at a time with them, and
+    recorded as the latest schedule (its version tells the VEN bridge to fetch it). The caller
+    (FlexMeasures' ``make_schedule``) commits."""
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    result = compute_fleet_schedule(fleet, start, horizon=duration, resolution=resolution)
+    if not result.ok:
+        db.session.rollback()
+        return result
+    site = require_site(fleet)
+    previous = dict((site.attributes or {}).get(STATUS_KEY) or {})
+    status = {
+        "request": previous.get("request", 0),  # the re-plan requests stay where they were
+        "because": [because],
+        "run_at": _now_iso(),
+        "runs": int(previous.get("runs", 0)) + 1,
+        **outcome(result),
+    }
+    site.attributes = {**(site.attributes or {}), STATUS_KEY: status}
+    return result
 
 
 def replan_job(fleet_file: str | None = None) -> dict[str, Any] | None:

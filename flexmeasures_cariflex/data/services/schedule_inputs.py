@@ -16,21 +16,20 @@ from flexmeasures.data.models.generic_assets import GenericAsset
 from flexmeasures.data.models.time_series import Sensor
 
 from cariflex.fleet import Fleet
-from cariflex.site_model import SITE_LOAD
 from flexmeasures_cariflex.data.queries.latest_beliefs import (
     BeliefQuery,
     last_event_per_sensor,
     series_per_sensor,
 )
 from flexmeasures_cariflex.data.queries.site import require_site, site_sensors
+from flexmeasures_cariflex.data.services.schedule_errors import ScheduleRefused
+from flexmeasures_cariflex.data.services.stored_flex import StoredFlex, read_stored_flex
+
+__all__ = ["QUARTER", "ScheduleInputs", "ScheduleRefused", "gather_inputs", "latest_socs", "soc_at_start"]
 
 QUARTER = timedelta(minutes=15)
 FALLBACK_SOC_PCT = 50.0
 SOC_FRESH = timedelta(minutes=2)  # a re-plan from now wants readings of the last minute or so
-
-
-class ScheduleRefused(ValueError):
-    """Input that cannot be scheduled (nothing is written)."""
 
 
 @dataclass
@@ -45,8 +44,11 @@ class ScheduleInputs:
     belief_time: pd.Timestamp  # what was known at this moment counts
     site: GenericAsset
     sensors: dict[str, Sensor]
+    flex: StoredFlex  # the site's flex-context and the devices' flex-models, as FlexMeasures stores them
     consumption_price: pd.Series  # hourly, covers the horizon
+    consumption_price_unit: str
     production_price: pd.Series | None  # None: it does not cover the horizon
+    production_price_unit: str
     capacity_kw: pd.Series  # site import capacity per period (on the net import at the connection)
     soc_at: pd.Timestamp  # when the devices' states of charge are read (the start, or now for MPC)
     soc_fresh: timedelta | None  # older SoC readings than this get a note
@@ -174,18 +176,35 @@ def gather_inputs(
 
     site = require_site(fleet)
     sensors = site_sensors(fleet)
-    wanted = ["consumption_price", "production_price", "load_control_signal"]
-    wanted += [f"{d.name}_power" for d in (*fleet.batteries, *fleet.ev_chargers)]
+    wanted = ["load_control_signal"] + [f"{d.name}_power" for d in (*fleet.batteries, *fleet.ev_chargers)]
     lacking = [name for name in wanted if name not in sensors]
     if lacking:
         raise ScheduleRefused(
             f"sensor(s) {', '.join(lacking)} missing; run `flexmeasures cariflex setup` first"
         )
+    # What the site's flex-context says: the price sensors, the connection, the inflexible devices.
+    flex = read_stored_flex(fleet, site)
+    by_id = {sensor.id: sensor for sensor in sensors.values()}
+
+    def context_sensor(key: str) -> Sensor:
+        sensor_id = flex.context_sensor(key)
+        sensor = by_id.get(sensor_id) or db.session.get(Sensor, sensor_id)
+        if sensor is None:
+            raise ScheduleRefused(
+                f"the flex-context of site '{site.name}' has '{key}' sensor {sensor_id}, which does not exist"
+            )
+        return sensor
+
+    consumption_sensor = context_sensor("consumption-price")
+    production_sensor = (
+        context_sensor("production-price") if "production-price" in flex.context else consumption_sensor
+    )
+    connection_kw = flex.context_quantity("site-consumption-capacity", "kW")
 
     # Prices: the consumption price must cover the horizon; the production price falls back to it.
-    hour = sensors["consumption_price"].event_resolution or timedelta(hours=1)
+    hour = consumption_sensor.event_resolution or timedelta(hours=1)
     price_start = start_utc.floor(hour)
-    consumption = latest_values(sensors["consumption_price"], price_start, end_utc, belief_time)
+    consumption = latest_values(consumption_sensor, price_start, end_utc, belief_time)
     missing = _missing_periods(consumption, price_start, end_utc, hour)
     if missing and shorten_to_prices and missing[0][0] > start_utc:
         end_utc = max(start_utc + resolution, missing[0][0].floor(resolution))
@@ -199,16 +218,15 @@ def gather_inputs(
     if missing:
         spans = ", ".join(f"{a.tz_convert(tz):%Y-%m-%d %H:%M}-{b.tz_convert(tz):%H:%M}" for a, b in missing)
         raise ScheduleRefused(
-            f"consumption_price has no value for {spans} ({fleet.site.timezone}); "
+            f"{consumption_sensor.name} has no value for {spans} ({fleet.site.timezone}); "
             "nothing was scheduled or written"
         )
-    production: pd.Series | None = latest_values(
-        sensors["production_price"], price_start, end_utc, belief_time
-    )
+    production: pd.Series | None = latest_values(production_sensor, price_start, end_utc, belief_time)
     if _missing_periods(production, price_start, end_utc, hour):
         production = None
         notes.append(
-            "production_price does not cover the horizon: the consumption price is used for production too"
+            f"{production_sensor.name} does not cover the horizon: "
+            "the consumption price is used for production too"
         )
 
     # Site import capacity: connection capacity x load-control %, per period (100 % without beliefs).
@@ -222,15 +240,14 @@ def gather_inputs(
             covered |= (grid >= slot) & (grid < slot + signal_step)
         pct = pct.where(covered)
     pct = pct.fillna(100.0).clip(lower=0)
-    capacity_kw = (pct / 100 * fleet.site.capacity_kw).round(6)
+    capacity_kw = (pct / 100 * connection_kw).round(6)
     if (pct < 100).any():
         notes.append(
-            f"load control: import capped below {fleet.site.capacity_kw:g} kW "
-            f"in {(pct < 100).sum()} period(s)"
+            f"load control: import capped below {connection_kw:g} kW in {(pct < 100).sum()} period(s)"
         )
 
-    pv_ids = [sensors[f"{pv.name}_power"].id for pv in fleet.pv if f"{pv.name}_power" in sensors]
-    load_ids = [sensors[SITE_LOAD].id] if fleet.site.base_load_kw is not None and SITE_LOAD in sensors else []
+    pv_ids = flex.context_sensors("inflexible-production")
+    load_ids = flex.context_sensors("inflexible-consumption")
     return ScheduleInputs(
         start_utc,
         end_utc,
@@ -240,8 +257,11 @@ def gather_inputs(
         belief_time,
         site,
         sensors,
+        flex,
         consumption,
+        consumption_sensor.unit,
         production,
+        production_sensor.unit,
         capacity_kw,
         utc(soc_at) if soc_at is not None else start_utc,
         SOC_FRESH if soc_at is not None else None,

@@ -1,8 +1,9 @@
 """The flex-model and flex-context of the fleet for FlexMeasures' ``StorageScheduler``.
 
 One list flex-model entry per device power sensor (batteries, EV chargers with their presence,
-departure needs and driving use) and one flex-context with the prices and the site's import
-capacity, which the whole fleet shares. Built from ``schedule_inputs.ScheduleInputs``; no I/O
+departure needs and driving use), each starting from the device's stored flex-model, and one
+flex-context, starting from the site's stored one, with the prices and the site's import capacity,
+which the whole fleet shares. Built from ``schedule_inputs.ScheduleInputs``; no I/O
 beyond the states of charge at the start (one query for the fleet).
 """
 
@@ -15,13 +16,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger, Fleet
-from flexmeasures_cariflex.data.services.schedule_inputs import ScheduleInputs, latest_socs, soc_at_start
+from cariflex.fleet import Battery, EVCharger, Fleet
+from flexmeasures_cariflex.data.services.schedule_inputs import (
+    ScheduleInputs,
+    latest_socs,
+    soc_at_start,
+)
 
-EV_SOC_MIN_PCT = 10.0
-EV_SOC_MAX_PCT = 100.0
 EV_DEPARTURE_MARGIN_KWH = 0.5
-EV_ROUNDTRIP_EFFICIENCY_PCT = round(100 * EV_CHARGE_EFFICIENCY**2, 2)  # as the devices' own model
 # FlexMeasures' default tie-breakers add a cost term per device, doubling the solve time for 20
 # devices (1.4 s vs 0.7 s); ``_tie_broken`` prices do the same job at no cost.
 NO_TIE_BREAKERS = {"prefer-charging-sooner": False, "prefer-curtailing-later": False}
@@ -132,7 +134,14 @@ def _driving_usage(
 
 
 def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel:
-    """The flex-model (one entry per device) and the flex-context (prices, site capacity)."""
+    """The flex-model (one entry per device) and the flex-context (prices, site capacity).
+
+    The limits come from FlexMeasures' stored fields (``inputs.flex``: the site's flex-context,
+    each device's flex-model, as setup wrote them from the fleet file or an operator changed them
+    in FlexMeasures); what changes per run is added here: the prices per period (tie-broken), the
+    import capacity under load control, each device's state of charge at the start, the end-of-
+    horizon target, and an EV's presence, departures and driving use from its timetable.
+    """
     start_utc, end_utc, grid, tz, resolution = (
         inputs.start,
         inputs.end,
@@ -140,24 +149,24 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         inputs.tz,
         inputs.resolution,
     )
-    sensors = inputs.sensors
+    sensors, flex = inputs.sensors, inputs.flex
     consumption_prices = _tie_broken(
-        inputs.consumption_price, grid, resolution, sensors["consumption_price"].unit
+        inputs.consumption_price, grid, resolution, inputs.consumption_price_unit
     )
     production_prices = (
         None
         if inputs.production_price is None
-        else _tie_broken(inputs.production_price, grid, resolution, sensors["production_price"].unit)
+        else _tie_broken(inputs.production_price, grid, resolution, inputs.production_price_unit)
     )
     capacity_kw = inputs.capacity_kw
     flex_model: list[dict] = []
     kinds: dict[str, tuple[Battery | EVCharger, float, float]] = {}
     # every device's state of charge in one query, not one per device
-    soc_sensors = [sensors.get(f"{d.name}_soc") for d in (*fleet.batteries, *fleet.ev_chargers)]
-    socs = latest_socs([sensor for sensor in soc_sensors if sensor is not None], inputs.soc_at)
+    soc_sensors = {d.name: sensors.get(f"{d.name}_soc") for d in (*fleet.batteries, *fleet.ev_chargers)}
+    socs = latest_socs([s for s in soc_sensors.values() if s is not None], inputs.soc_at)
     for bat in fleet.batteries:
         soc0 = soc_at_start(
-            sensors.get(f"{bat.name}_soc"),
+            soc_sensors[bat.name],
             bat.capacity_kwh,
             inputs.soc_at,
             bat.name,
@@ -165,17 +174,16 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
             fresh=inputs.soc_fresh,
             known=socs,
         )
-        kinds[bat.name] = (bat, soc0, bat.roundtrip_efficiency_pct)
-        soc_min = bat.capacity_kwh * bat.soc_min_pct / 100
-        soc_max = bat.capacity_kwh * bat.soc_max_pct / 100
+        stored = flex.models[bat.name]
+        soc_min = flex.quantity(bat.name, "soc-min", "kWh")
+        soc_max = flex.quantity(bat.name, "soc-max", "kWh")
+        rte = flex.quantity(bat.name, "roundtrip-efficiency", "%")
+        kinds[bat.name] = (bat, soc0, rte)
         flex_model.append(
             {
+                **stored,
                 "sensor": sensors[f"{bat.name}_power"].id,
                 "soc-at-start": f"{soc0:g} kWh",
-                "soc-min": f"{soc_min:g} kWh",
-                "soc-max": f"{soc_max:g} kWh",
-                "power-capacity": f"{bat.power_kw:g} kW",
-                "roundtrip-efficiency": f"{bat.roundtrip_efficiency_pct:g}%",
                 # The end of the horizon is not the end of the world: the battery ends with at
                 # least what it started with, so no plan sells stored energy at the last cheap
                 # hours for nothing (the next plan, 15 minutes later, moves this target along).
@@ -187,12 +195,16 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         )
     usage: dict[str, pd.Series] = {}
     for ev in fleet.ev_chargers:
-        cap = ev.battery_capacity_kwh
+        stored = flex.models[ev.name]
+        cap = flex.quantity(ev.name, "soc-max", "kWh")
+        power_kw = flex.quantity(ev.name, "power-capacity", "kW")
+        rte = flex.quantity(ev.name, "roundtrip-efficiency", "%")
+        one_way = "production-capacity" in stored and flex.quantity(ev.name, "production-capacity", "kW") == 0
         present = _ev_presence(ev, grid, tz)
         if present.iloc[0]:
             soc0 = soc_at_start(
-                sensors.get(f"{ev.name}_soc"),
-                cap,
+                soc_sensors[ev.name],
+                ev.battery_capacity_kwh,
                 inputs.soc_at,
                 ev.name,
                 notes,
@@ -201,22 +213,21 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
             )
         else:
             soc0 = ev.arrival_kwh  # away now: the car comes back with what it usually brings
-        kinds[ev.name] = (ev, soc0, EV_ROUNDTRIP_EFFICIENCY_PCT)
-        available = _segments(present.astype(float) * ev.power_kw, resolution, "kW")
+        kinds[ev.name] = (ev, soc0, rte)
+        available = _segments(present.astype(float) * power_kw, resolution, "kW")
         departures = ev_departures(ev, start_utc, end_utc, tz)
         # the plan aims a little above the need: executing it through FRBC instructions (a charger's
         # 4.14 kW minimum met by duty cycling, a re-plan's fresh start) may fall short by a few Wh
         aim = min(cap, ev.departure_need_kwh + EV_DEPARTURE_MARGIN_KWH)
         minima = [{"datetime": _iso(moment), "value": f"{aim:g} kWh"} for moment in departures]
         entry = {
+            **stored,
             "sensor": sensors[f"{ev.name}_power"].id,
             "soc-at-start": f"{soc0:g} kWh",
-            "soc-min": f"{min(cap * EV_SOC_MIN_PCT / 100, soc0):g} kWh",
-            "soc-max": f"{cap * EV_SOC_MAX_PCT / 100:g} kWh",
-            "power-capacity": f"{ev.power_kw:g} kW",
+            # a car that arrives below the usual minimum is not asked to be above it at once
+            "soc-min": f"{min(flex.quantity(ev.name, 'soc-min', 'kWh'), soc0):g} kWh",
             "consumption-capacity": available,
-            "production-capacity": available if ev.bidirectional else "0 kW",
-            "roundtrip-efficiency": f"{EV_ROUNDTRIP_EFFICIENCY_PCT:g}%",
+            "production-capacity": "0 kW" if one_way else available,
             **NO_TIE_BREAKERS,
         }
         if minima:
@@ -236,21 +247,20 @@ def build_model(fleet: Fleet, inputs: ScheduleInputs, notes: list) -> FleetModel
         flex_model.append(entry)
 
     flex_context = {
+        **flex.context,
         "consumption-price": consumption_prices,
-        # Without a production price FlexMeasures uses the consumption price for production too
-        # (StorageScheduler._prepare): left out rather than repeated, it is not deserialised twice
-        # (96 segments, ~10 % of the scheduler's own time for 20 devices).
-        **({} if production_prices is None else {"production-price": production_prices}),
         "site-consumption-capacity": _segments(capacity_kw, resolution, "kW"),
-        "site-production-capacity": f"{fleet.site.capacity_kw:g} kW",
-        # Site limits are hard: a load-control cap is an obligation.
-        "relax-site-capacity-constraints": False,
-        "relax-soc-constraints": False,
+        "site-production-capacity": f"{flex.context_quantity('site-production-capacity', 'kW'):g} kW",
+        # PV and the base load as inflexible devices (as stored): the site capacities (and a
+        # load-control cap) then hold for the net import at the connection, and PV surplus is
+        # there to be stored.
+        "inflexible-production": [{"sensor": i} for i in inputs.inflexible_production],
+        "inflexible-consumption": [{"sensor": i} for i in inputs.inflexible_consumption],
     }
-    # PV and the base load as inflexible devices: the site capacities (and a load-control cap)
-    # then hold for the net import at the connection, and PV surplus is there to be stored.
-    if inputs.inflexible_production:
-        flex_context["inflexible-production"] = [{"sensor": i} for i in inputs.inflexible_production]
-    if inputs.inflexible_consumption:
-        flex_context["inflexible-consumption"] = [{"sensor": i} for i in inputs.inflexible_consumption]
+    # A production price that does not cover the horizon: the consumption price is used for
+    # production too (given explicitly: FlexMeasures would merge the stored sensor back in).
+    flex_context["production-price"] = consumption_prices if production_prices is None else production_prices
+    for key in ("inflexible-production", "inflexible-consumption"):
+        if not flex_context[key]:
+            del flex_context[key]
     return FleetModel(flex_model, flex_context, kinds, usage)

@@ -24,7 +24,9 @@ from cariflex.site_model import (
     AssetSpec,
     SensorSpec,
     child_assets,
+    device_flex_model,
     site_attributes,
+    site_flex_context,
 )
 from flexmeasures_cariflex.data.queries.site import find_source
 
@@ -128,7 +130,7 @@ def _asset(
     return asset
 
 
-def _sensor(spec: SensorSpec, asset: GenericAsset, timezone: str, report: SetupReport) -> None:
+def _sensor(spec: SensorSpec, asset: GenericAsset, timezone: str, report: SetupReport) -> Sensor:
     sensor = db.session.execute(
         select(Sensor).filter(Sensor.generic_asset_id == asset.id, Sensor.name == spec.name)
     ).scalar_one_or_none()
@@ -144,7 +146,7 @@ def _sensor(spec: SensorSpec, asset: GenericAsset, timezone: str, report: SetupR
         )
         db.session.add(sensor)
         report.created.append(label)
-        return
+        return sensor
     if sensor.unit != spec.unit or sensor.event_resolution != spec.resolution:
         # Changing either would silently reinterpret every value already stored.
         report.conflicts.append(
@@ -162,6 +164,18 @@ def _sensor(spec: SensorSpec, asset: GenericAsset, timezone: str, report: SetupR
     (report.updated if changed else report.unchanged).append(
         label + (f" ({', '.join(changed)})" if changed else "")
     )
+    return sensor
+
+
+def _flex_field(asset: GenericAsset, column: str, wanted: dict[str, Any], report: SetupReport) -> None:
+    """Write the fleet's flex-context or flex-model fields; fields others added (an operator in
+    FlexMeasures' UI, e.g. a breach price) are kept, the fleet's own win."""
+    current = dict(getattr(asset, column) or {})
+    merged = _merged(current, wanted)
+    if merged != current:
+        setattr(asset, column, merged)
+        if f"asset '{asset.name}'" not in report.created:  # a new asset is reported as created
+            report.updated.append(f"asset '{asset.name}' ({column.replace('_', '-')})")
 
 
 def setup_site(fleet: Fleet) -> SetupReport:
@@ -187,11 +201,14 @@ def setup_site(fleet: Fleet) -> SetupReport:
 
     site = _asset(site_spec, account=account, parent=None, asset_type=types[TYPE_SITE], report=report)
     wanted_children = {spec.name for spec in children}
+    assets: dict[str, GenericAsset] = {}
+    sensors: dict[str, Sensor] = {}
     for spec in children:
         asset = _asset(spec, account=account, parent=site, asset_type=types[spec.asset_type], report=report)
+        assets[spec.name] = asset
         wanted_sensors = {s.name for s in spec.sensors}
         for sensor_spec in spec.sensors:
-            _sensor(sensor_spec, asset, timezone, report)
+            sensors[sensor_spec.name] = _sensor(sensor_spec, asset, timezone, report)
         for extra in db.session.execute(
             select(Sensor.name).filter(Sensor.generic_asset_id == asset.id)
         ).scalars():
@@ -203,6 +220,11 @@ def setup_site(fleet: Fleet) -> SetupReport:
         if extra.name not in wanted_children:
             count = len(extra.sensors)
             report.not_deleted.append(f"asset '{extra.name}' (id {extra.id}, {count} sensor(s))")
+    db.session.flush()  # sensor ids for the flex-context and flex-models
+    ids = {name: sensor.id for name, sensor in sensors.items()}
+    _flex_field(site, "flex_context", site_flex_context(fleet, ids), report)
+    for device in (*fleet.batteries, *fleet.ev_chargers):
+        _flex_field(assets[device.name], "flex_model", device_flex_model(device), report)
     db.session.flush()
     from flexmeasures_cariflex.data.services.rollups import ensure_rollups
 

@@ -1,0 +1,1 @@
+"""Classes FlexMeasures finds in the plugin (it registers every ``Scheduler`` subclass by name)."""
