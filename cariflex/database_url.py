@@ -61,3 +61,11 @@ def embedded_server_url(pgdata: Path, database: str = "postgres") -> str:
 
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     return to_psycopg2(server.get_uri(database))
+
+
+def to_libpq(url: str) -> str:
+    """The URL as libpq (psycopg2.connect) takes it: ``postgresql://`` without a driver name."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"database URL {parsed.render_as_string(hide_password=True)!r} is not PostgreSQL")
+    return _render(parsed.set(drivername="postgresql"))

@@ -53,6 +53,24 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CARIFLEX_FLEET_FILE", None, "fleet description YAML; unset = the packaged Cariflex fleet"),
     Variable("CARIFLEX_FM_BIND", "127.0.0.1:5000", "address the FlexMeasures server listens on"),
     Variable(
+        "CARIFLEX_MQTT_URL",
+        None,
+        "the MQTT broker meters publish to (mqtt://user:password@host:port); unset = make demo runs its own",
+    ),
+    Variable(
+        "CARIFLEX_INGEST_HEALTH_BIND", "127.0.0.1:5071", "the meter ingestion service's health endpoint"
+    ),
+    Variable(
+        "CARIFLEX_INGEST_SHARE_GROUP",
+        None,
+        "MQTT shared-subscription group of the ingestion workers; unset = one worker takes all",
+    ),
+    Variable(
+        "CARIFLEX_INGEST_CLIENT_ID",
+        "cariflex-ingest",
+        "the ingestion worker's MQTT client id (its persistent session); one per worker",
+    ),
+    Variable(
         "CARIFLEX_UI_VENDOR_DIR",
         None,
         "FlexMeasures' web UI assets (fetched at install); unset = flexmeasures_cariflex/ui/vendor",

@@ -21,6 +21,7 @@ from typing import Any
 
 from cariflex.fleet import EV_CHARGE_EFFICIENCY, Battery, EVCharger, Fleet, as_dict
 
+ONE_SECOND = timedelta(seconds=1)
 ONE_MINUTE = timedelta(minutes=1)
 QUARTER = timedelta(minutes=15)
 HOUR = timedelta(hours=1)
@@ -90,6 +91,18 @@ def _power(name: str, consumption_is_positive: bool) -> SensorSpec:
     # Device limits are not sensor attributes: FlexMeasures 1.0.1 moves the legacy
     # "capacity_in_mw" into the asset's flex-model; limits live in the fleet (asset attributes).
     return SensorSpec(f"{name}_power", "kW", ONE_MINUTE, {"consumption_is_positive": consumption_is_positive})
+
+
+def meter_sensor(name: str) -> str:
+    """The 1-second sensor a metered point's readings arrive on over MQTT (``meter_ingest``)."""
+    return f"{name}_meter"
+
+
+def _meter(name: str, consumption_is_positive: bool) -> SensorSpec:
+    # Raw readings at 1 s, apart from the 1-minute power sensor (whose statistics and schedules
+    # count one row per minute); "mqtt_meter" marks the sensors the ingestion service accepts.
+    attributes = {"consumption_is_positive": consumption_is_positive, "mqtt_meter": True}
+    return SensorSpec(meter_sensor(name), "kW", ONE_SECOND, attributes)
 
 
 def _soc(name: str) -> SensorSpec:
@@ -176,7 +189,10 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 pv.latitude,
                 pv.longitude,
                 as_dict(pv),
-                (_power(pv.name, consumption_is_positive=False),),
+                (
+                    _power(pv.name, consumption_is_positive=False),
+                    _meter(pv.name, consumption_is_positive=False),
+                ),
             )
         )
     for bat in fleet.batteries:
@@ -210,7 +226,10 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 site.latitude,
                 site.longitude,
                 {"peak_kw": site.base_load_kw},
-                (SensorSpec(SITE_LOAD, "kW", ONE_MINUTE, {"consumption_is_positive": True}),),
+                (
+                    SensorSpec(SITE_LOAD, "kW", ONE_MINUTE, {"consumption_is_positive": True}),
+                    _meter(SITE_LOAD, consumption_is_positive=True),
+                ),
             )
         )
     ws = fleet.weather_station

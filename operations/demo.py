@@ -2,7 +2,9 @@
 
 Today it prepares the database (embedded PostgreSQL under var/ unless CARIFLEX_DATABASE_URL is
 set) and the job queue (a private ``redis-server`` under var/redis unless CARIFLEX_REDIS_URL is
-set; without one, re-plans run in-process and it says so), runs ``flexmeasures db upgrade``,
+set; without one, re-plans run in-process and it says so), the meters' MQTT broker (a private
+``mosquitto`` under var/mosquitto unless CARIFLEX_MQTT_URL is set) and the meter ingestion service,
+runs ``flexmeasures db upgrade``,
 ``flexmeasures cariflex setup`` and creates the admin, then serves FlexMeasures with the plugin on
 CARIFLEX_FM_BIND, beside the RQ worker the compose stack runs (``python -m operations.launch
 worker``), until Ctrl-C or SIGTERM. Later
@@ -99,6 +101,35 @@ def start_job_queue(env: dict[str, str], running: list[tuple[str, subprocess.Pop
     env["CARIFLEX_REDIS_URL"] = url
     log.info("job queue ready", extra={"fields": {"where": f"redis-server in {where}", "port": port}})
     return url
+
+
+def start_meter_ingestion(env: dict[str, str], running: list[tuple[str, subprocess.Popen]]) -> str | None:
+    """The site meters' path into FlexMeasures over MQTT: CARIFLEX_MQTT_URL when configured,
+    else a private Mosquitto under var/mosquitto (loopback, an ephemeral port, a generated
+    password, persisted messages); then the ingestion service (``cariflex-ingest run``). Returns
+    the broker's URL for the simulator's meters to publish to, or None (no ``mosquitto``: said so,
+    and the meters report over S2 only)."""
+    from operations.mqtt_broker import free_port, mosquitto_binary, private_broker
+
+    configured = settings.get("CARIFLEX_MQTT_URL")
+    if configured is None:
+        if mosquitto_binary(env.get("PATH")) is None:
+            print(
+                "\n  demo: mosquitto is not installed and CARIFLEX_MQTT_URL is not set: no meter\n"
+                "  ingestion over MQTT (the meters still report over S2). Install it with\n"
+                "  `apt-get install mosquitto` or set CARIFLEX_MQTT_URL.\n",
+                flush=True,
+            )
+            log.warning("no MQTT broker: mosquitto not found, meter ingestion off")
+            return None
+        broker = private_broker(settings.var_dir() / "mosquitto").start()
+        running.append(("mosquitto", broker.process))
+        configured = broker.url
+        log.info("MQTT broker ready", extra={"fields": {"where": str(broker.folder), "port": broker.port}})
+    env["CARIFLEX_MQTT_URL"] = configured
+    env.setdefault("CARIFLEX_INGEST_HEALTH_BIND", f"127.0.0.1:{free_port()}")
+    start_process("meter-ingest", [str(BIN / "cariflex-ingest"), "run"], env, running)
+    return configured
 
 
 def wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -199,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_process("flexmeasures-server", gunicorn_command(bind), env, running)
         if redis_url:
             start_process("flexmeasures-worker", worker_command(), env, running)
+        mqtt_url = start_meter_ingestion(env, running)
         # Weather, PV power and the production price now and every hour after (in the background).
         threading.Thread(
             target=hourly_refresh, args=(env, args.fleet, stop), name="refresh", daemon=True
@@ -222,11 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         start_process("openadr-ven", [str(BIN / "cariflex-ven"), "run", *fleet_args], env, running)
         start_process(
             "device-simulator",
-            [str(BIN / "cariflex-sim"), "run", *fleet_args, "--token-file", str(tokens)],
+            [
+                str(BIN / "cariflex-sim"),
+                "run",
+                *fleet_args,
+                "--token-file",
+                str(tokens),
+                *(["--mqtt-url", mqtt_url] if mqtt_url else []),
+            ],
             env,
             running,
         )
-        print(banner(base, vtn_admin, queued=bool(redis_url)), flush=True)
+        ingest_health = env["CARIFLEX_INGEST_HEALTH_BIND"] if mqtt_url else None
+        print(banner(base, vtn_admin, queued=bool(redis_url), ingest_health=ingest_health), flush=True)
         log.info("demo ready", extra={"fields": {"url": base, "vtn_admin": vtn_admin}})
         while not stop.is_set() and all(proc.poll() is None for _, proc in running):
             stop.wait(1)
@@ -291,7 +331,7 @@ def provision_ven(name: str) -> None:
         store.dispose()
 
 
-def banner(base: str, vtn_admin: str, queued: bool = True) -> str:
+def banner(base: str, vtn_admin: str, queued: bool = True, ingest_health: str | None = None) -> str:
     email = settings.get("CARIFLEX_ADMIN_EMAIL")
     password_hint = (
         "$CARIFLEX_ADMIN_PASSWORD"
@@ -308,6 +348,12 @@ def banner(base: str, vtn_admin: str, queued: bool = True) -> str:
             "  Jobs: an RQ worker on FlexMeasures' scheduling and forecasting queues\n"
             if queued
             else "  Jobs: no Redis, no worker (re-plans run in-process; see above)\n"
+        )
+        + (
+            "  Meters: PV and base load at 1 Hz over MQTT -> cariflex-ingest -> *_meter sensors\n"
+            f"      (.venv/bin/cariflex-ingest health --url http://{ingest_health}/health)\n"
+            if ingest_health
+            else "  Meters: no MQTT broker (see above); S2 only\n"
         )
         + "  S2: 20 simulated devices and the site's PV and base-load meters; make one obey:\n"
         "      .venv/bin/cariflex-ven setpoint bat_01 30   (the site's net import: cariflex-ven status)\n"

@@ -32,7 +32,7 @@ from cariflex.s2.credentials import TokenFile
 from cariflex.s2.meters import s2_resources, site_meters
 from simulator.devices import PRESENCE_CHOICES, build_devices
 from simulator.runner import run_fleet
-from simulator.site import DEFAULT_SEED, SiteClock, build_meters
+from simulator.site import DEFAULT_SEED, SimMeter, SiteClock, build_meters
 
 log = logging.getLogger("cariflex.sim")
 
@@ -144,6 +144,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="CA (PEM) of the CEM's certificate for a wss:// URL ($CARIFLEX_S2_CA_FILE; default: system CAs)",
     )
+    run.add_argument(
+        "--mqtt-url",
+        default=None,
+        help="also publish each meter's reading every second to this MQTT broker "
+        "(mqtt://[user:password@]host:port; for the meter ingestion service); default: S2 only",
+    )
     run.add_argument("--log-level", default=None, help="log level ($CARIFLEX_LOG_LEVEL, default INFO)")
     check = commands.add_parser(
         "check",
@@ -215,6 +221,17 @@ async def _run(args: argparse.Namespace) -> int:
             }
         },
     )
+    publishing = None
+    meters = [d for d in devices if isinstance(d, SimMeter)]
+    if args.mqtt_url and meters:
+        from simulator.mqtt_meters import MeterPublisher
+
+        try:
+            publisher = MeterPublisher(args.mqtt_url, meters)
+        except ValueError as exc:
+            print(f"cariflex-sim: {exc}", file=sys.stderr)
+            return 2
+        publishing = asyncio.create_task(publisher.run(stop))
     await run_fleet(
         url,
         devices,
@@ -224,6 +241,9 @@ async def _run(args: argparse.Namespace) -> int:
         tokens=tokens,
         ca_file=ca_file,
     )
+    if publishing is not None:
+        stop.set()
+        await publishing
     log.info("simulator stopped", extra={"fields": {"devices": len(devices)}})
     return 0
 

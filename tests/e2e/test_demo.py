@@ -69,6 +69,7 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         assert (tmp_path / "var" / "admin_password").read_text().strip() == password
         wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
         base = f"http://127.0.0.1:{port}"
+        ingest_health = wait_for(lines, r"cariflex-ingest health --url (\S+)\)", 30, seen)[1]
 
         # Its own Redis under var/ (not the machine's 6379), with the compose stack's worker on it,
         # which runs a job put on FlexMeasures' scheduling queue.
@@ -211,6 +212,17 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             lambda: fm_job.get_status(refresh=True) in ("finished", "failed"), 180, "FlexMeasures' job"
         )
         assert fm_job.get_status() == "finished", fm_job.latest_result()
+
+        # The site's meters publish over MQTT (the demo's own Mosquitto) and the ingestion service
+        # stores their readings (issue 22): 11 meters, one reading a second each.
+        def ingested() -> int:
+            try:
+                return requests.get(ingest_health, timeout=5).json().get("accepted", 0)
+            except requests.RequestException:
+                return 0
+
+        wait_until(lambda: ingested() >= 22, 120, "meter readings stored by the ingestion service")
+        assert requests.get(ingest_health, timeout=5).json()["refused"] == 0
     finally:
         demo.send_signal(signal.SIGTERM)
         exit_code = demo.wait(timeout=60)

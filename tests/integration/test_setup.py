@@ -26,6 +26,9 @@ EXPECTED_SENSORS: dict[str, tuple[str, timedelta]] = {
     **{f"ev_{i:02d}_power": ("kW", MINUTE) for i in range(1, 11)},
     **{f"ev_{i:02d}_soc": ("kWh", MINUTE) for i in range(1, 11)},
     "site_load": ("kW", MINUTE),  # the site's own consumption (base load)
+    # 1-second readings over MQTT (meter_ingest), beside the 1-minute power sensors
+    **{f"pv_{i:02d}_meter": ("kW", timedelta(seconds=1)) for i in range(1, 11)},
+    "site_load_meter": ("kW", timedelta(seconds=1)),
     "irradiance": ("W/m²", QUARTER),
     "temperature": ("°C", QUARTER),
     "wind_speed": ("m/s", QUARTER),
@@ -105,7 +108,7 @@ def test_setup_creates_exactly_the_cariflex_site(cli, fm_db):
 
     sources = {s.name for s in fm_db.session.execute(select(DataSource)).scalars()}
     assert sources == {"Simulator", "Open-Meteo", "OpenADR VTN", "Cariflex insights", "Cariflex forecaster"}
-    assert result.output.strip().endswith("120 created, 0 updated, 0 unchanged")
+    assert result.output.strip().endswith("131 created, 0 updated, 0 unchanged")
 
 
 def test_second_run_changes_nothing(cli, fm_db):
@@ -113,7 +116,7 @@ def test_second_run_changes_nothing(cli, fm_db):
     before = counts(fm_db)
     result = cli("cariflex", "setup")
     assert result.exit_code == 0
-    assert result.output.strip().endswith("0 created, 0 updated, 120 unchanged")
+    assert result.output.strip().endswith("0 created, 0 updated, 131 unchanged")
     assert counts(fm_db) == before
 
 
@@ -126,9 +129,10 @@ def test_grown_fleet_adds_what_is_new_and_shrunk_fleet_deletes_nothing(cli, fm_d
     grown = cli("cariflex", "setup", "--fleet", str(fleet_file(tmp_path, add_pv_03)))
     assert "created  asset 'pv_03'" in grown.output
     assert "created  sensor 'pv_03_power'" in grown.output
+    assert "created  sensor 'pv_03_meter'" in grown.output
     # ... and the site's flex-context counts the new PV among its inflexible devices
     assert "updated  asset 'Test site' (flex-context)" in grown.output
-    assert "2 created, 1 updated" in grown.output
+    assert "3 created, 1 updated" in grown.output
     site = fm_db.session.execute(select(GenericAsset).filter(GenericAsset.name == "Test site")).scalar_one()
     pv_03 = fm_db.session.execute(select(Sensor).filter(Sensor.name == "pv_03_power")).scalar_one()
     assert {"sensor": pv_03.id} in site.flex_context["inflexible-production"]
@@ -136,7 +140,7 @@ def test_grown_fleet_adds_what_is_new_and_shrunk_fleet_deletes_nothing(cli, fm_d
     shrunk = cli("cariflex", "setup", "--fleet", str(fleet_file(tmp_path)))
     assert shrunk.exit_code == 0
     assert "Not deleted" in shrunk.output
-    assert "kept     asset 'pv_03'" in shrunk.output and "1 sensor(s)" in shrunk.output
+    assert "kept     asset 'pv_03'" in shrunk.output and "2 sensor(s)" in shrunk.output
     assert (
         fm_db.session.execute(select(Sensor).filter(Sensor.name == "pv_03_power")).scalar_one_or_none()
         is not None

@@ -32,6 +32,7 @@ from sqlalchemy import text
 
 from cariflex import settings
 from cariflex.fleet import Fleet
+from cariflex.site_model import SITE_LOAD, meter_sensor
 from flexmeasures_cariflex.data.queries.latest_beliefs import BeliefQuery, Sql, latest_beliefs_sql
 from flexmeasures_cariflex.data.queries.site import find_source, site_sensors
 from flexmeasures_cariflex.data.services.rollups import TABLE as ROLLUP
@@ -90,6 +91,14 @@ def bounds(fleet: Fleet) -> dict[str, tuple[float, float, bool]]:
     )
     for pv in fleet.pv:  # production-positive
         out[f"{pv.name}_power"] = (0.0, pv.inverter_limit_kw, False)
+        out[meter_sensor(pv.name)] = (0.0, pv.inverter_limit_kw, False)
+    if fleet.site.base_load_kw is not None:
+        # what the site can draw: the connection, plus what its PV and batteries give it
+        most = fleet.site.capacity_kw + sum(p.inverter_limit_kw for p in fleet.pv)
+        most += sum(b.power_kw for b in fleet.batteries) + sum(
+            e.power_kw for e in fleet.ev_chargers if e.bidirectional
+        )
+        out[meter_sensor(SITE_LOAD)] = (0.0, most, False)
     for bat in fleet.batteries:  # consumption-positive
         out[f"{bat.name}_power"] = (-bat.power_kw, bat.power_kw, True)
         out[f"{bat.name}_soc"] = (0.0, bat.capacity_kwh, True)

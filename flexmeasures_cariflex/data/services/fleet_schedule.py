@@ -83,8 +83,21 @@ class FleetScheduleResult:
         return self.infeasible is None
 
 
+class _FleetStorageScheduler(StorageScheduler):
+    """FlexMeasures' StorageScheduler on a flex-model and flex-context that are complete already.
+
+    Its ``collect_flex_config`` merges the stored flex-context and *every* stored flex-model below
+    the asset into the request: ``schedule_model`` has merged what it reads from the stored fields
+    already, and a fleet that plans a subset of the site's devices (or a device a fleet file no
+    longer lists) would get the others added as devices without a sensor (infeasible, as the
+    single-device runs of bench/fleet_schedule.py showed)."""
+
+    def collect_flex_config(self) -> None:
+        pass
+
+
 def _solve(site, start, end, resolution, belief_time, flex_model, flex_context) -> list[dict]:
-    scheduler = StorageScheduler(
+    scheduler = _FleetStorageScheduler(
         asset_or_sensor=site,
         start=start.to_pydatetime(),
         end=end.to_pydatetime(),
