@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,7 +56,19 @@ class Counters:
     db_errors: int = 0
     last_commit: float | None = None  # time.time()
     connected: bool = False
-    latencies_ms: list[float] = field(default_factory=list)  # received -> committed, last batch
+    # reading time (the meter's stamp) -> committed, of the latest readings: what the load test
+    # reports as publish -> committed when its publisher stamps the time it publishes
+    lags_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def lag_percentiles(self) -> dict[str, float | int | None]:
+        lags = sorted(self.lags_ms)
+        if not lags:
+            return {"p50": None, "p99": None, "n": 0}
+        return {
+            "p50": round(lags[len(lags) // 2], 1),
+            "p99": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 1),
+            "n": len(lags),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +78,7 @@ class Counters:
             "batches": self.batches,
             "db_errors": self.db_errors,
             "broker_connected": self.connected,
+            "lag_ms": self.lag_percentiles(),
             "last_commit": datetime.fromtimestamp(self.last_commit, UTC).isoformat()
             if self.last_commit
             else None,
@@ -181,11 +195,14 @@ class Ingestor:
     def _handle(self, messages: list[Message]) -> bool:
         """Store one batch and acknowledge it; False when the database was away (try again)."""
         rows: list[Row] = []
+        stamps: list[float] = []
         refused: list[tuple[Message, str, str, str]] = []
         try:
             for message in messages:
                 try:
-                    rows.append(self._row(message))
+                    row, stamp = self._row(message)
+                    rows.append(row)
+                    stamps.append(stamp)
                 except ReadingRefused as exc:
                     refused.append((message, *self._names(message.topic), str(exc)))
             if rows:
@@ -203,14 +220,11 @@ class Ingestor:
             self.stopping.wait(wait)
             return False
         self.counters.db_errors = 0
-        committed = time.monotonic()
+        committed = time.time()
         self.counters.accepted += len(rows)
         self.counters.batches += 1
-        self.counters.last_commit = time.time()
-        refused_mids = {id(m) for m, *_ in refused}
-        self.counters.latencies_ms = [
-            (committed - m.received) * 1000 for m in messages if id(m) not in refused_mids
-        ]
+        self.counters.last_commit = committed
+        self.counters.lags_ms.extend((committed - stamp) * 1000 for stamp in stamps)
         self._dead_letters(refused)
         for message in messages:
             self.client.ack(message.mid, 1)
@@ -221,7 +235,8 @@ class Ingestor:
         parts = topic.split("/")
         return (parts[2], parts[3]) if len(parts) == 4 else ("_", "_")
 
-    def _row(self, message: Message) -> Row:
+    def _row(self, message: Message) -> tuple[Row, float]:
+        """The row to store and the reading's own time (epoch seconds), or ReadingRefused."""
         gateway, sensor = parse_topic(message.topic)
         reading = parse_payload(gateway, sensor, message.payload)
         meter = self.store.meter(sensor)
@@ -242,12 +257,13 @@ class Ingestor:
             raise ReadingRefused(
                 f"time {reading.time.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})"
             )
-        return Row(
+        row = Row(
             event_start(reading.time.astimezone(UTC), meter.resolution_s),
             meter.id,
             self.store.source(gateway),
             value,
         )
+        return row, reading.time.timestamp()
 
     def _dead_letters(self, refused: list[tuple[Message, str, str, str]]) -> None:
         """Publish each refusal (QoS 1) and wait until the broker has it, before the original is
