@@ -3,6 +3,9 @@
 The same operations as the CLI (vtn.actions), behind a bearer token
 (CARIFLEX_VTN_ADMIN_TOKEN). ``GET /health`` needs no token. Errors are JSON
 ``{"error": "..."}`` with 400 (bad input), 401, 404 (unknown id) or 409 (state conflict).
+
+Every store call runs on the VTN's admin threads (``CariflexVtn.in_admin_thread``), never on the
+event loop the VENs' polls are answered on.
 """
 
 from __future__ import annotations
@@ -118,10 +121,16 @@ def _fields(
     return body
 
 
+async def _store(request: web.Request, action, *args: Any, **kwargs: Any) -> Any:
+    """``action(store, ...)`` on an admin thread: the loop goes on serving while the store works."""
+    vtn: CariflexVtn = request.app[VTN_KEY]
+    return await vtn.in_admin_thread(action, vtn.store, *args, **kwargs)
+
+
 async def health(request: web.Request) -> web.Response:
     vtn: CariflexVtn = request.app[VTN_KEY]
     try:
-        figures = actions.counts(vtn.store)
+        figures = await _store(request, actions.counts)
     except Exception as exc:  # the store is what the VTN is for: unreachable = unhealthy
         return _json({"status": "error", "store": str(exc)}, 503)
     return _json({"status": "ok", "port": vtn.port, **figures})
@@ -129,45 +138,43 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     active = request.query.get("active", "").lower() in ("1", "true", "yes")
-    return _json(actions.list_events(request.app[VTN_KEY].store, active=active))
+    return _json(await _store(request, actions.list_events, active=active))
 
 
 async def show_event(request: web.Request) -> web.Response:
-    return _json(actions.show_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(await _store(request, actions.show_event, request.match_info["event_id"]))
 
 
 async def create_price(request: web.Request) -> web.Response:
     body = _fields(await _body(request), actions.PRICE_FIELDS, ("start", "prices"))
-    return _json(actions.create_price_event(request.app[VTN_KEY].store, **body), 201)
+    return _json(await _store(request, actions.create_price_event, **body), 201)
 
 
 async def create_load_control(request: web.Request) -> web.Response:
     body = _fields(await _body(request), actions.LOAD_CONTROL_FIELDS, ("start", "duration", "levels"))
-    return _json(actions.create_load_control_event(request.app[VTN_KEY].store, **body), 201)
+    return _json(await _store(request, actions.create_load_control_event, **body), 201)
 
 
 async def modify_event(request: web.Request) -> web.Response:
     body = _fields(await _body(request), actions.PRICE_FIELDS | actions.LOAD_CONTROL_FIELDS)
-    return _json(actions.modify_event(request.app[VTN_KEY].store, request.match_info["event_id"], **body))
+    return _json(await _store(request, actions.modify_event, request.match_info["event_id"], **body))
 
 
 async def cancel_event(request: web.Request) -> web.Response:
-    return _json(actions.cancel_event(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(await _store(request, actions.cancel_event, request.match_info["event_id"]))
 
 
 async def list_opts(request: web.Request) -> web.Response:
-    return _json(actions.list_opts(request.app[VTN_KEY].store, request.match_info["event_id"]))
+    return _json(await _store(request, actions.list_opts, request.match_info["event_id"]))
 
 
 async def list_vens(request: web.Request) -> web.Response:
-    return _json(actions.list_vens(request.app[VTN_KEY].store))
+    return _json(await _store(request, actions.list_vens))
 
 
 async def add_ven(request: web.Request) -> web.Response:
     body = _fields(await _body(request), {"name", "fingerprint"}, ("name",))
-    return _json(
-        actions.add_ven(request.app[VTN_KEY].store, body.get("name", ""), body.get("fingerprint")), 201
-    )
+    return _json(await _store(request, actions.add_ven, body.get("name", ""), body.get("fingerprint")), 201)
 
 
 def make_app(vtn: CariflexVtn) -> web.Application:

@@ -27,11 +27,14 @@ the HTTP status.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
+import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -157,7 +160,8 @@ def parse_safely(content: bytes) -> etree._Element:
     return tree
 
 
-VenLookup = Callable[[str], dict[str, Any] | None]
+# Synchronous, or a coroutine function (the VTN runs its lookups off the event loop).
+VenLookup = Callable[[str], dict[str, Any] | None | Awaitable[dict[str, Any] | None]]
 
 
 class OpenAdrEdge:
@@ -178,6 +182,9 @@ class OpenAdrEdge:
         self.require_signatures = require_signatures
         self.create_message = create_message
         self.poll_seconds: timedelta | None = None
+        # Where parsing and rendering run (the VTN gives a thread, so the loop only moves bytes and
+        # stays free for other connections); None: right here on the loop.
+        self.cpu_executor: Executor | None = None
 
     def routes(self, prefix: str) -> list[web.RouteDef]:
         return [
@@ -198,14 +205,8 @@ class OpenAdrEdge:
         payload: dict[str, Any] = {}
         try:
             content = await self._read(request)
-            tree = parse_safely(content)
-            try:
-                message_type, payload = parse_message(content)
-            except Exception as exc:  # xmltodict on a schema-valid tree: should not happen
-                raise Refusal(HTTPStatus.BAD_REQUEST, f"unreadable message: {clip(exc, 120)}") from None
-            if not isinstance(payload, dict):
-                payload = {}
-            ven = self._check_ids(message_type, payload)
+            tree, message_type, payload = await self._off_loop(self._parse, content)
+            ven = await self._check_ids(message_type, payload)
             if message_type == "oadrResponse":  # an acknowledgement needs no answer (as openleadr does)
                 return web.Response(status=200, content_type="application/xml")
             self._authenticate(request, tree, message_type, payload, ven)
@@ -234,7 +235,27 @@ class OpenAdrEdge:
                 "the VTN could not handle this message; try again later",
                 status=HTTPStatus.INTERNAL_SERVER_ERROR,
             )
-        return self._answer(response_type, self._complete(message_type, payload, response_payload))
+        text = await self._off_loop(self._render, response_type, message_type, payload, response_payload)
+        return web.Response(text=text, status=200, content_type="application/xml")
+
+    async def _off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.cpu_executor is None:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_executor, function, *args)
+
+    @staticmethod
+    def _parse(content: bytes) -> tuple[etree._Element, str, dict[str, Any]]:
+        tree = parse_safely(content)
+        try:
+            message_type, payload = parse_message(content)
+        except Exception as exc:  # xmltodict on a schema-valid tree: should not happen
+            raise Refusal(HTTPStatus.BAD_REQUEST, f"unreadable message: {clip(exc, 120)}") from None
+        return tree, message_type, payload if isinstance(payload, dict) else {}
+
+    def _render(
+        self, response_type: str, message_type: str, request: dict[str, Any], payload: dict[str, Any]
+    ) -> str:
+        return self.create_message(response_type, **escaped(self._complete(message_type, request, payload)))
 
     async def _read(self, request: web.Request) -> bytes:
         content_type = request.headers.get("Content-Type", "")
@@ -259,7 +280,7 @@ class OpenAdrEdge:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _check_ids(self, message_type: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    async def _check_ids(self, message_type: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The registered VEN the message is from (None for registration messages), or a refusal."""
         vtn_id = payload.get("vtn_id")
         if vtn_id is not None and vtn_id != self.vtn_id:
@@ -270,6 +291,8 @@ class OpenAdrEdge:
         if not ven_id:
             raise INVALID_ID(f"{message_type} carries no venID; register first and send the venID you got")
         ven = self.ven_lookup(ven_id)
+        if inspect.isawaitable(ven):  # the VTN looks VENs up off the event loop
+            ven = await ven
         if ven is None or ven.get("registration_id") is None:
             # Known to the spec as the way back in: the VEN registers again (provisioning decides).
             raise errors.RequestReregistration(ven_id)

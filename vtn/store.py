@@ -10,6 +10,9 @@ it on each poll to know when to reload its cache.
 
 SQLite (default, a file under var/) runs in WAL mode with a busy timeout, so the VTN and the
 operator CLI can write at the same time; PostgreSQL is selected with CARIFLEX_VTN_DATABASE_URL.
+
+Indices the poll path and the admin API read by are declared on the tables and created at start
+when missing (``CREATE INDEX IF NOT EXISTS``), so a store made by an older VTN gets them too.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     select,
@@ -82,6 +87,9 @@ class Event(Base):
     """One OpenADR event with one signal; ``intervals`` are those of its current modification."""
 
     __tablename__ = "vtn_event"
+    # The poll path's reload reads the events that may still be live, by start (StoreView.refresh),
+    # and the admin API lists them in start order.
+    __table_args__ = (Index("ix_vtn_event_start", "start"),)
     event_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))  # "price" | "load_control"
     signal_name: Mapped[str] = mapped_column(String(40))
@@ -167,6 +175,8 @@ class ReportRegistration(Base):
 
 class ReportValue(Base):
     __tablename__ = "vtn_report_value"
+    # Fleet power before/during a load control event reads a time range (actions.fleet_power).
+    __table_args__ = (Index("ix_vtn_report_value_at", "at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     ven_id: Mapped[str] = mapped_column(String(100), index=True)
     r_id: Mapped[str | None] = mapped_column(String(100))
@@ -204,9 +214,29 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
+        self._create_missing_indices()
         with self.session() as s:
             if s.get(Meta, "generation") is None:
                 s.add(Meta(key="generation", value=0))
+
+    def _create_missing_indices(self) -> None:
+        """create_all makes indices only with new tables: a store from an older VTN gets the indices
+        added since here (idempotent on SQLite and PostgreSQL)."""
+        for table in Base.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(self.engine, checkfirst=True)
+
+    def record_polls(self, polls: dict[str, datetime]) -> None:
+        """When each VEN last polled, in one statement (executemany) and one transaction."""
+        if not polls:
+            return
+        with self.session() as session:
+            session.connection().execute(
+                update(Ven.__table__)
+                .where(Ven.__table__.c.ven_id == bindparam("b_ven_id"))
+                .values(last_poll_at=bindparam("b_at")),
+                [{"b_ven_id": ven_id, "b_at": at} for ven_id, at in polls.items()],
+            )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

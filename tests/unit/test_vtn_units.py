@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -302,3 +303,104 @@ def test_event_show_gives_fleet_power_before_and_during_load_control(vtn, store)
         "during": 175.0,
         "samples_during": 2,
     }
+
+
+def _blocking(function, entered: threading.Event, release: threading.Event):
+    """``function``, made slow: it says it has started, then waits until the test lets it go on."""
+
+    def slow(*args, **kwargs):
+        entered.set()
+        assert release.wait(60), "the test never released the slow store call"
+        return function(*args, **kwargs)
+
+    return slow
+
+
+async def _wait(flag: threading.Event) -> None:
+    assert await asyncio.get_running_loop().run_in_executor(None, flag.wait, 30)
+
+
+def test_the_admin_api_answers_while_a_store_call_of_a_poll_is_slow(vtn, store):
+    """A poll whose store call hangs (say the CLI holds SQLite's write lock) holds up that poll
+    only: the loop is free, so the operator's health check is answered meanwhile."""
+    from aiohttp import ClientSession
+
+    from vtn import admin_api
+
+    ven = registered_ven(store)
+    vtn.view.refresh(force=True)
+    entered, release = threading.Event(), threading.Event()
+    store.generation = _blocking(store.generation, entered, release)  # the poll's first store call
+
+    async def scenario():
+        runner = await admin_api.start(vtn, "127.0.0.1", 0)
+        port = runner.addresses[0][1]
+        try:
+            poll = asyncio.ensure_future(vtn.on_poll(ven.ven_id))
+            await _wait(entered)
+            async with ClientSession() as client, client.get(f"http://127.0.0.1:{port}/health") as answer:
+                assert answer.status == 200
+                assert (await answer.json())["vens_registered"] == 1
+            assert not poll.done()  # still waiting on the store, and nobody else waited for it
+            release.set()
+            assert await poll is None  # nothing to distribute: an answer all the same
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_admin_write_does_not_hold_up_the_polls_or_a_health_check(vtn, store, monkeypatch):
+    from aiohttp import ClientSession
+
+    from vtn import admin_api
+
+    ven = registered_ven(store)
+    vtn.view.refresh(force=True)
+    entered, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(actions, "add_ven", _blocking(actions.add_ven, entered, release))
+    vtn.options.admin_token = "unit-token"
+
+    async def scenario():
+        runner = await admin_api.start(vtn, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        headers = {"Authorization": f"Bearer {vtn.options.admin_token}"}
+        try:
+            async with ClientSession(headers=headers) as client:
+                adding = asyncio.ensure_future(client.post(f"{url}/vens", json={"name": "ven-slow"}))
+                await _wait(entered)
+                async with client.get(f"{url}/health") as answer:
+                    assert answer.status == 200
+                assert await vtn.on_poll(ven.ven_id) is None  # a VEN's poll is answered too
+                assert not adding.done()
+                release.set()
+                added = await adding
+                assert added.status == 201 and (await added.json())["ven_name"] == "ven-slow"
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_an_older_store_gets_the_poll_paths_indices(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    Store(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as conn:  # as an older VTN made it: without the newer indices
+        conn.execute("DROP INDEX ix_vtn_event_start")
+        conn.execute("DROP INDEX ix_vtn_report_value_at")
+    Store(f"sqlite:///{path}").dispose()
+    Store(f"sqlite:///{path}").dispose()  # and again: nothing to add, no error
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"ix_vtn_event_start", "ix_vtn_report_value_at"} <= names
+
+
+def test_last_poll_times_are_stored_in_one_go(store):
+    actions.add_ven(store, "ven-a")
+    ven_id = actions.list_vens(store)[0]["ven_id"]
+    store.record_polls({ven_id: T0, "ven-unknown": T0})  # an id removed meanwhile changes nothing
+    assert actions.list_vens(store)[0]["last_poll_at"] == T0.isoformat()
