@@ -230,7 +230,8 @@ def panel_query_ms(repeat: int = 5) -> float:
     db.session.commit()
     query = text(
         "SELECT r.bucket AS time, s.name AS metric, r.value FROM cariflex_rollup_15min r "
-        "JOIN sensor s ON s.id = r.sensor_id WHERE (s.name LIKE 'pv\\_%\\_meter' OR s.name = 'site_load_meter') "
+        "JOIN sensor s ON s.id = r.sensor_id "
+        "WHERE (s.name LIKE 'pv\\_%\\_meter' OR s.name = 'site_load_meter') "
         "AND r.bucket >= :start AND r.bucket < :end ORDER BY 1"
     )
     times = []

@@ -206,8 +206,14 @@ class Ingestor:
                 except ReadingRefused as exc:
                     refused.append((message, *self._names(message.topic), str(exc)))
             if rows:
-                written = self.store.write(rows)
-                self.counters.written += written
+                try:
+                    self.counters.written += self.store.write(rows)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    raise
+                except psycopg2.Error:
+                    # the database refuses the batch itself (not away): find the reading(s) it
+                    # refuses, one by one, so that one of them cannot hold up all the others
+                    rows, stamps = self._isolate(messages, rows, stamps, refused)
         except psycopg2.Error as exc:
             self.counters.db_errors += 1
             wait = _DB_RETRY_S[min(self.counters.db_errors - 1, len(_DB_RETRY_S) - 1)]
@@ -229,6 +235,23 @@ class Ingestor:
         for message in messages:
             self.client.ack(message.mid, 1)
         return True
+
+    def _isolate(self, messages, rows, stamps, refused):
+        """Write the batch's rows one by one; those the database refuses join ``refused``."""
+        kept_rows, kept_stamps = [], []
+        accepted = [m for m in messages if not any(m is r[0] for r in refused)]
+        for message, row, stamp in zip(accepted, rows, stamps, strict=True):
+            try:
+                self.counters.written += self.store.write([row])
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except psycopg2.Error as exc:
+                first = (exc.pgerror or str(exc)).strip().splitlines()[0][:200]
+                refused.append((message, *self._names(message.topic), f"the database refused it: {first}"))
+                continue
+            kept_rows.append(row)
+            kept_stamps.append(stamp)
+        return kept_rows, kept_stamps
 
     @staticmethod
     def _names(topic: str) -> tuple[str, str]:

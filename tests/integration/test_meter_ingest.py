@@ -153,6 +153,22 @@ def test_a_reading_delivered_again_is_written_once_and_the_rollups_follow(broker
             )
         ).scalar_one()
         assert math.isclose(energy, (120 + 130) / 3600, rel_tol=1e-9)  # 2 s of 1-second readings
+        # added to their bucket reading by reading (rollups.py), as a full recomputation gives
+        rollup = text(
+            "SELECT r.value, r.energy, r.readings FROM cariflex_rollup_15min r JOIN sensor s "
+            "ON s.id = r.sensor_id WHERE s.name = 'site_load_meter'"
+        )
+        added = fm_db.session.execute(rollup).one()
+        fm_db.session.execute(
+            text(
+                "SELECT cariflex_refresh_rollup(ARRAY[id], :a, :b) FROM sensor WHERE name = 'site_load_meter'"
+            ),
+            {"a": when, "b": when + timedelta(seconds=1)},
+        )
+        recomputed = fm_db.session.execute(rollup).one()
+        fm_db.session.rollback()
+        assert added.readings == recomputed.readings == 2
+        assert math.isclose(added.value, recomputed.value) and math.isclose(added.energy, recomputed.energy)
     finally:
         client.close()
 
