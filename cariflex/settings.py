@@ -58,6 +58,9 @@ VARIABLES: tuple[Variable, ...] = (
         "the MQTT broker meters publish to (mqtt://user:password@host:port); unset = make demo runs its own",
     ),
     Variable(
+        "CARIFLEX_MQTT_PASSWORD", None, "compose: the MQTT broker's password for meters and the ingestion"
+    ),
+    Variable(
         "CARIFLEX_INGEST_HEALTH_BIND", "127.0.0.1:5071", "the meter ingestion service's health endpoint"
     ),
     Variable(
@@ -70,6 +73,7 @@ VARIABLES: tuple[Variable, ...] = (
         "cariflex-ingest",
         "the ingestion worker's MQTT client id (its persistent session); one per worker",
     ),
+    Variable("CARIFLEX_METER_RAW_DAYS", "7", "days of 1 Hz meter readings kept before 1-minute means"),
     Variable(
         "CARIFLEX_UI_VENDOR_DIR",
         None,
@@ -227,6 +231,7 @@ SECRETS: tuple[str, ...] = (
     "CARIFLEX_DB_PASSWORD",
     "CARIFLEX_REDIS_PASSWORD",
     "CARIFLEX_GRAFANA_ADMIN_PASSWORD",
+    "CARIFLEX_MQTT_PASSWORD",
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 

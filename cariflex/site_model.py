@@ -98,10 +98,15 @@ def meter_sensor(name: str) -> str:
     return f"{name}_meter"
 
 
-def _meter(name: str, consumption_is_positive: bool) -> SensorSpec:
+def _meter(name: str, consumption_is_positive: bool, minutes: str) -> SensorSpec:
     # Raw readings at 1 s, apart from the 1-minute power sensor (whose statistics and schedules
-    # count one row per minute); "mqtt_meter" marks the sensors the ingestion service accepts.
-    attributes = {"consumption_is_positive": consumption_is_positive, "mqtt_meter": True}
+    # count one row per minute); "mqtt_meter" marks the sensors the ingestion service accepts,
+    # "downsample_to" the 1-minute sensor their means go to once the raw days are over.
+    attributes = {
+        "consumption_is_positive": consumption_is_positive,
+        "mqtt_meter": True,
+        "downsample_to": minutes,
+    }
     return SensorSpec(meter_sensor(name), "kW", ONE_SECOND, attributes)
 
 
@@ -191,7 +196,7 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 as_dict(pv),
                 (
                     _power(pv.name, consumption_is_positive=False),
-                    _meter(pv.name, consumption_is_positive=False),
+                    _meter(pv.name, False, f"{pv.name}_power"),
                 ),
             )
         )
@@ -228,7 +233,7 @@ def child_assets(fleet: Fleet) -> list[AssetSpec]:
                 {"peak_kw": site.base_load_kw},
                 (
                     SensorSpec(SITE_LOAD, "kW", ONE_MINUTE, {"consumption_is_positive": True}),
-                    _meter(SITE_LOAD, consumption_is_positive=True),
+                    _meter(SITE_LOAD, True, SITE_LOAD),
                 ),
             )
         )

@@ -2,6 +2,7 @@
 # FlexMeasures. Build from the repository root, one target per image:
 #     docker build -f docker/openadr.Dockerfile --target vtn -t cariflex/openadr-vtn:0.1.0 .
 #     docker build -f docker/openadr.Dockerfile --target ven -t cariflex/openadr-ven:0.1.0 .
+#     docker build -f docker/openadr.Dockerfile --target ingest -t cariflex/meter-ingest:0.1.0 .
 FROM python:3.11.13-slim-bookworm AS base
 SHELL ["/bin/sh", "-eu", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -45,4 +46,16 @@ ENV CARIFLEX_S2_HOST=0.0.0.0 \
 EXPOSE 8765
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["cariflex-ven", "status", "--check"]
 ENTRYPOINT ["cariflex-ven"]
+CMD ["run"]
+
+FROM base AS ingest
+# The meter ingestion service: MQTT in, PostgreSQL out; neither FlexMeasures nor openleadr.
+RUN pip install --no-cache-dir -c constraints.txt ".[ingest]"
+COPY cariflex cariflex
+COPY meter_ingest meter_ingest
+RUN pip install --no-cache-dir --no-deps .
+USER 10001:10001
+WORKDIR /var/lib/cariflex
+HEALTHCHECK --interval=20s --timeout=10s --start-period=30s --retries=3 CMD ["cariflex-ingest", "health"]
+ENTRYPOINT ["cariflex-ingest"]
 CMD ["run"]

@@ -2,6 +2,7 @@
 
     cariflex-ingest run [--share GROUP] [--client-id ID] [--batch N] [--flush-ms MS] [--health HOST:PORT]
     cariflex-ingest health [--url http://127.0.0.1:5071/health]
+    cariflex-ingest downsample [--keep-days 7] [--dry-run]   (daily, from cron)
 
 Configuration: CARIFLEX_MQTT_URL (the broker), CARIFLEX_DATABASE_URL (FlexMeasures' database),
 CARIFLEX_INGEST_HEALTH_BIND, CARIFLEX_INGEST_SHARE_GROUP, CARIFLEX_INGEST_CLIENT_ID. JSON log lines
@@ -65,6 +66,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--health", type=_bind, default=_bind(settings.get("CARIFLEX_INGEST_HEALTH_BIND")), help="HOST:PORT"
     )
+    keep = settings.get("CARIFLEX_METER_RAW_DAYS")
+    down = sub.add_parser(
+        "downsample",
+        help="raw readings older than the kept days -> 1-minute means on each meter's 1-minute sensor",
+    )
+    down.add_argument(
+        "--keep-days", type=float, default=float(keep), help=f"days of 1 Hz readings kept (default {keep})"
+    )
+    down.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     health = sub.add_parser("health", help="ask a running service (exit 0 when healthy)")
     health.add_argument("--url", default=None, help="default: from CARIFLEX_INGEST_HEALTH_BIND")
     return top
@@ -163,10 +173,32 @@ def health(args: argparse.Namespace) -> int:
         return 1
 
 
+def downsample(args: argparse.Namespace) -> int:
+    from meter_ingest.retention import downsample as run_downsample
+
+    database = settings.get("CARIFLEX_DATABASE_URL")
+    if not database:
+        print("cariflex-ingest: CARIFLEX_DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    try:
+        report = run_downsample(to_libpq(database), args.keep_days, dry_run=args.dry_run)
+    except ValueError as exc:
+        print(f"cariflex-ingest: {exc}", file=sys.stderr)
+        return 2
+    verb = "would write" if args.dry_run else "wrote"
+    print(
+        f"raw readings before {report.cutoff.isoformat()}: {verb} {report.minutes} one-minute means, "
+        f"{'would delete' if args.dry_run else 'deleted'} {report.deleted} raw readings"
+        + (f"; kept raw (no 1-minute sensor): {', '.join(report.kept_raw)}" if report.kept_raw else "")
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure(args.log_level)
-    return run(args) if args.command == "run" else health(args)
+    commands = {"run": run, "health": health, "downsample": downsample}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -272,3 +272,50 @@ def test_two_workers_share_the_readings_and_never_write_one_twice(
         client.close()
         for worker in workers:
             worker.stop()
+
+
+def test_raw_readings_past_the_kept_days_become_one_minute_means_on_the_minute_sensor(
+    fleet, fm_db, test_db_url, tmp_path
+):
+    """The retention job (`cariflex-ingest downsample`, from cron) as a process: readings older
+    than the kept days become 1-minute means on the meter's 1-minute sibling, the raw ones go, the
+    recent ones stay; a dry run and a second run change nothing."""
+    import subprocess
+
+    old = (datetime.now(UTC) - timedelta(days=10)).replace(second=0, microsecond=0)
+    recent = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
+    fm_db.session.execute(
+        text("INSERT INTO data_source (name, type, attributes) VALUES (:g, 'gateway', '{}')"), {"g": GATEWAY}
+    )
+    raw = [(old + timedelta(seconds=s), float(s // 60 + 1)) for s in range(180)]  # 3 minutes: 1, 2, 3 kW
+    raw += [(recent + timedelta(seconds=s), 9.0) for s in range(60)]
+    for when, value in raw:
+        fm_db.session.execute(
+            text(
+                "INSERT INTO timed_belief (event_start, belief_horizon, cumulative_probability, event_value, "
+                "sensor_id, source_id) VALUES (:t, interval '0', 0.5, :v, "
+                "(SELECT id FROM sensor WHERE name = 'pv_04_meter'), "
+                "(SELECT id FROM data_source WHERE name = :g))"
+            ),
+            {"t": when, "v": value, "g": GATEWAY},
+        )
+    fm_db.session.commit()
+    env = base_env(tmp_path, CARIFLEX_DATABASE_URL=test_db_url)
+
+    def downsample(*extra: str) -> str:
+        done = subprocess.run(
+            [str(BIN / "cariflex-ingest"), "downsample", "--keep-days", "7", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    assert "would write 3 one-minute means, would delete 180 raw readings" in downsample("--dry-run")
+    assert len(stored(fm_db, "pv_04_meter")) == 240
+    assert "wrote 3 one-minute means, deleted 180 raw readings" in downsample()
+    assert stored(fm_db, "pv_04_power") == [(old + timedelta(minutes=m), float(m + 1)) for m in range(3)]
+    assert [v for _, v in stored(fm_db, "pv_04_meter")] == [9.0] * 60  # the last days stay raw
+    assert "wrote 0 one-minute means, deleted 0 raw readings" in downsample()

@@ -31,7 +31,13 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 BIN = Path(sys.executable).parent
 REQUIRED = (*settings.SECRETS, "CARIFLEX_DOMAIN", "CARIFLEX_ACME_EMAIL")
-OWN_IMAGES = ("cariflex/flexmeasures", "cariflex/openadr-vtn", "cariflex/openadr-ven", "cariflex/backup")
+OWN_IMAGES = (
+    "cariflex/flexmeasures",
+    "cariflex/openadr-vtn",
+    "cariflex/openadr-ven",
+    "cariflex/backup",
+    "cariflex/meter-ingest",
+)
 
 
 def compose_binary() -> Path:
@@ -318,6 +324,7 @@ def test_the_vtn_and_ven_images_install_only_their_extras():
     stages = dockerfile_stages(ROOT / "docker/openadr.Dockerfile")
     assert pip_extras(stages["vtn"]) == {"vtn"}
     assert pip_extras(stages["ven"]) == {"ven", "sim"}  # the image runs the simulator too
+    assert pip_extras(stages["ingest"]) == {"ingest"}
     flexmeasures = dockerfile_stages(ROOT / "docker/flexmeasures.Dockerfile")["flexmeasures"]
     assert pip_extras(flexmeasures) == {"plugin"}
 
@@ -465,7 +472,16 @@ def test_backup_scripts_in_compose_mode_run_the_backup_container(tmp_path):
 
 # --- each image has what its code imports ----------------------------------------------------
 
-OWN_PACKAGES = ("cariflex", "vtn", "ven_bridge", "cem", "simulator", "flexmeasures_cariflex", "operations")
+OWN_PACKAGES = (
+    "cariflex",
+    "vtn",
+    "ven_bridge",
+    "cem",
+    "simulator",
+    "flexmeasures_cariflex",
+    "operations",
+    "meter_ingest",
+)
 # Imported only on paths the image never takes: pgserver = the embedded database, used when
 # CARIFLEX_DATABASE_URL is unset (compose always sets it).
 NOT_ON_THE_IMAGE_PATH = {"pgserver"}
@@ -474,6 +490,7 @@ IMAGES = {
     "openadr-vtn": ("openadr.Dockerfile", "vtn", ("vtn.cli",)),
     "openadr-ven": ("openadr.Dockerfile", "ven", ("ven_bridge.cli", "simulator.cli")),
     "backup": ("backup.Dockerfile", "backup", ("operations.backup",)),
+    "meter-ingest": ("openadr.Dockerfile", "ingest", ("meter_ingest.cli",)),
 }
 
 
