@@ -15,8 +15,11 @@ dashboard's panels read.
 Goals (issue 22): p99 < 100 ms at 1,000 readings/s, >= 5,000 readings/s sustained, a panel's query
 <= 50 ms. Prints one JSON line.
 
-    .venv/bin/python bench/meter_ingest.py [--sensors 1000] [--seconds 600] [--step-rate 5000]
+    .venv/bin/python bench/meter_ingest.py [--sensors 1000] [--seconds 600] [--step-rate 6000]
         [--step-seconds 60] [--workers 1]
+
+The step offers 6,000 readings a second by default: what the service commits then is what it
+sustains, compared with the 5,000 of the goal.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from bench.common import Goal, flexmeasures_app, parse_args, print_goals  # noqa
 
 BIN = Path(sys.executable).parent
 TICK = 0.01  # the publisher sends in 10 ms slices
+SUSTAINED_GOAL = 5000  # readings a second (issue 22)
 
 
 def publish(url: str, sensors: int, rate: float, seconds: float) -> None:
@@ -57,14 +61,13 @@ def publish(url: str, sensors: int, rate: float, seconds: float) -> None:
     client.connect("127.0.0.1", parsed.port)
     client.loop_start()
     topics = [topic("bench", f"m_{i:04d}") for i in range(1, sensors + 1)]
-    sent, began, owed = 0, time.monotonic(), 0.0
+    sent, began = 0, time.monotonic()
     last = None
     while (now := time.monotonic()) - began < seconds:
-        owed += rate * TICK
-        for _ in range(int(owed)):
+        # as many as the elapsed time asks for (a slice that ran late is made up in the next)
+        for _ in range(int(rate * (now - began)) - sent):
             last = client.publish(topics[sent % sensors], encode(1.0, datetime.now(UTC)), qos=1)
             sent += 1
-        owed -= int(owed)
         time.sleep(max(0.0, TICK - (time.monotonic() - now)))
     if last is not None:
         last.wait_for_publish(60)
@@ -148,7 +151,7 @@ def backend_pids() -> list[int]:
 
 def phase(rate: float, seconds: float, n_sensors: int, broker, workers: list, ports: list[int]) -> dict:
     """Publish at ``rate`` for ``seconds``; what was committed, how fast, and at what cost."""
-    backends = backend_pids()
+    backends = backend_pids()  # the workers connect with their first batch: there since setup's probe
     watched = {
         "mosquitto": [broker.process.pid],
         "ingest_workers": [w.pid for w in workers],
@@ -247,7 +250,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sensors", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=600)
-    parser.add_argument("--step-rate", type=float, default=5000)
+    # the step offers more than the 5,000 a second the service must sustain: a rate it keeps up
+    # with is measured as sustained, not one the publisher happened to reach
+    parser.add_argument("--step-rate", type=float, default=6000)
     parser.add_argument("--step-seconds", type=float, default=60)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--publish", help=argparse.SUPPRESS)  # the publisher process
@@ -293,6 +298,8 @@ def main() -> None:
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
                 time.sleep(0.2)
+            # one short burst first, so that every worker has its database connection (measured)
+            phase(len(ports) * 20, 1, args.sensors, broker, workers, ports)
             size0 = database_bytes()
             steady = phase(args.sensors, args.seconds, args.sensors, broker, workers, ports)
             grown = database_bytes() - size0
@@ -318,7 +325,7 @@ def main() -> None:
         results,
         [
             Goal("p99_publish_to_committed_ms_at_steady_rate", 100, steady["lag_ms_p99"]),
-            Goal("sustained_readings_per_s_at_step", args.step_rate, step["committed_per_s"], at_least=True),
+            Goal("sustained_readings_per_s_at_step", SUSTAINED_GOAL, step["committed_per_s"], at_least=True),
             Goal("panel_query_ms_day_of_1hz", 50, panel_ms),
         ],
     )
