@@ -90,7 +90,6 @@ class Message:
     mid: int
     topic: str
     payload: bytes
-    received: float  # time.monotonic()
 
 
 class Ingestor:
@@ -107,7 +106,10 @@ class Ingestor:
     ):
         self.url = urlparse(mqtt_url)
         if self.url.scheme not in ("mqtt", "tcp") or not self.url.hostname:
-            raise ValueError(f"CARIFLEX_MQTT_URL {mqtt_url!r} is not mqtt://[user:password@]host:port")
+            # (not the URL itself: it may hold the password)
+            raise ValueError(
+                f"CARIFLEX_MQTT_URL must be mqtt://[user:password@]host:port, not a {self.url.scheme!r} URL"
+            )
         self.store = Store(database_url)
         self.share, self.batch, self.flush_s, self.now = share, batch, flush_s, now
         self.counters = Counters()
@@ -149,7 +151,7 @@ class Ingestor:
 
     def _on_message(self, client, userdata, message) -> None:
         # blocks when the inbox is full (the database is slow or away): back-pressure on the broker
-        self.inbox.put(Message(message.mid, message.topic, bytes(message.payload), time.monotonic()))
+        self.inbox.put(Message(message.mid, message.topic, bytes(message.payload)))
 
     # --- the batch loop (the main thread) ---
     def start(self) -> None:

@@ -28,7 +28,10 @@ class MeterPublisher:
     def __init__(self, url: str, meters: list[SimMeter], gateway: str = "simulator", period_s: float = 1.0):
         parsed = urlparse(url)
         if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise ValueError(f"MQTT URL {url!r} is not mqtt://[user:password@]host:port")
+            # (not the URL itself: it may hold the password)
+            raise ValueError(
+                f"the MQTT URL must be mqtt://[user:password@]host:port, not a {parsed.scheme!r} URL"
+            )
         self.meters, self.gateway, self.period_s = meters, gateway, period_s
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cariflex-sim-{gateway}")
         if parsed.username:

@@ -88,3 +88,13 @@ def test_any_topic_is_a_gateway_and_sensor_or_a_refusal_and_always_has_a_dead_le
 def test_what_a_publisher_encodes_the_service_reads_back(value, when):
     reading = parse_payload("gw", "s", encode(value, when))
     assert reading.value == value and reading.time == when
+
+
+def test_a_bad_broker_url_is_refused_without_showing_its_password():
+    from meter_ingest.service import Ingestor
+    from simulator.mqtt_meters import MeterPublisher
+
+    for make in (lambda url: Ingestor(url, "postgresql://nowhere/x"), lambda url: MeterPublisher(url, [])):
+        with pytest.raises(ValueError) as refused:
+            make("http://cariflex:s3cret-pw@127.0.0.1:1883")
+        assert "s3cret" not in str(refused.value) and "mqtt://" in str(refused.value)
