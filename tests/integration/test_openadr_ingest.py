@@ -346,7 +346,7 @@ def test_api_sensors_maps_every_site_sensor_name_to_its_id(app, fm_db, token):
     response = call(app, "GET", "/api/cariflex/v1/sensors", headers={"Authorization": token})
     assert response.status_code == 200
     sensors = response.json["sensors"]
-    assert len(sensors) == 71  # 70 devices, weather, grid and insights sensors + site_load
+    assert len(sensors) == 82  # 70 devices, weather, grid and insights sensors + site_load, 11 meters (1 s)
     assert sensors == {s.name: s.id for s in fm_db.session.execute(select(Sensor)).scalars()}
 
 
