@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "ingest started",
         extra={
             "fields": {
-                "broker": f"{ingestor.url.hostname}:{ingestor.url.port or 1883}",
+                "broker": f"{ingestor.url.hostname}:{ingestor.port}",
                 "subscription": ingestor.subscription,
                 "client_id": args.client_id,
                 "health_port": server.server_address[1],

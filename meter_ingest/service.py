@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote
 
 import paho.mqtt.client as mqtt
 import psycopg2
@@ -33,6 +33,7 @@ import psycopg2
 from cariflex.contracts.meter_reading import (
     SUBSCRIPTION,
     ReadingRefused,
+    broker_address,
     dead_letter_topic,
     parse_payload,
     parse_topic,
@@ -104,16 +105,14 @@ class Ingestor:
         flush_s: float = 0.05,
         now=lambda: datetime.now(UTC),
     ):
-        self.url = urlparse(mqtt_url)
-        if self.url.scheme not in ("mqtt", "tcp") or not self.url.hostname:
-            # (not the URL itself: it may hold the password)
-            raise ValueError(
-                f"CARIFLEX_MQTT_URL must be mqtt://[user:password@]host:port, not a {self.url.scheme!r} URL"
-            )
+        self.url, self.port = broker_address(mqtt_url, "CARIFLEX_MQTT_URL")
         self.store = Store(database_url)
         self.share, self.batch, self.flush_s, self.now = share, batch, flush_s, now
         self.counters = Counters()
-        self.inbox: queue.Queue[Message] = queue.Queue(maxsize=max(10 * batch, 10_000))
+        # Unbounded: paho's network thread must never block here (it also reads the broker's
+        # confirmations the batch loop waits for); what is in flight is bounded by the broker's
+        # max_inflight_messages (10,000 in our configurations) since nothing is acknowledged early.
+        self.inbox: queue.Queue[Message] = queue.Queue()
         self.stopping = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -122,7 +121,7 @@ class Ingestor:
             manual_ack=True,
         )
         if self.url.username:
-            self.client.username_pw_set(self.url.username, self.url.password)
+            self.client.username_pw_set(unquote(self.url.username), unquote(self.url.password or ""))
         self.client.max_inflight_messages_set(1000)
         self.client.reconnect_delay_set(1, 5)
         self.client.on_connect = self._on_connect
@@ -155,7 +154,7 @@ class Ingestor:
 
     # --- the batch loop (the main thread) ---
     def start(self) -> None:
-        self.client.connect_async(self.url.hostname, self.url.port or 1883, keepalive=30)
+        self.client.connect_async(self.url.hostname, self.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -217,6 +216,7 @@ class Ingestor:
                     # refuses, one by one, so that one of them cannot hold up all the others
                     rows, stamps = self._isolate(messages, rows, stamps, refused)
         except psycopg2.Error as exc:
+            self.store.close()  # a transaction that failed is not used again
             self.counters.db_errors += 1
             wait = _DB_RETRY_S[min(self.counters.db_errors - 1, len(_DB_RETRY_S) - 1)]
             log.error(
@@ -233,9 +233,10 @@ class Ingestor:
         self.counters.batches += 1
         self.counters.last_commit = committed
         self.counters.lags_ms.extend((committed - stamp) * 1000 for stamp in stamps)
-        self._dead_letters(refused)
+        unconfirmed = self._dead_letters(refused)
         for message in messages:
-            self.client.ack(message.mid, 1)
+            if not any(message is m for m in unconfirmed):
+                self.client.ack(message.mid, 1)
         return True
 
     def _isolate(self, messages, rows, stamps, refused):
@@ -278,21 +279,26 @@ class Ingestor:
                 f"{meter.low:g}..{meter.high:g} {meter.unit}"
             )
         now = self.now()
-        if reading.time > now + FUTURE_TOLERANCE:
+        try:
+            stamp = reading.time.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ReadingRefused(f"time {reading.time.isoformat()} is out of range") from None
+        if stamp > now + FUTURE_TOLERANCE:
             raise ReadingRefused(
                 f"time {reading.time.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})"
             )
         row = Row(
-            event_start(reading.time.astimezone(UTC), meter.resolution_s),
+            event_start(stamp, meter.resolution_s),
             meter.id,
             self.store.source(gateway),
             value,
         )
         return row, reading.time.timestamp()
 
-    def _dead_letters(self, refused: list[tuple[Message, str, str, str]]) -> None:
+    def _dead_letters(self, refused: list[tuple[Message, str, str, str]]) -> list[Message]:
         """Publish each refusal (QoS 1) and wait until the broker has it, before the original is
-        acknowledged: a refused reading is never just dropped."""
+        acknowledged: a refused reading is never just dropped. Returns those not confirmed (a
+        stop came first): they stay unacknowledged, and the broker delivers them again."""
         published = []
         for message, gateway, sensor, reason in refused:
             self.counters.refused += 1
@@ -312,3 +318,4 @@ class Ingestor:
                     info.wait_for_publish(timeout=1)
                 except RuntimeError:  # not connected: paho keeps it queued and sends it on reconnect
                     self.stopping.wait(0.5)
+        return [m for (m, *_), info in zip(refused, published, strict=True) if not info.is_published()]

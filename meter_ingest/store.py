@@ -61,7 +61,7 @@ class Store:
         self.conn: psycopg2.extensions.connection | None = None
         self._meters: dict[str, Meter] = {}
         self._ambiguous: set[str] = set()
-        self._meters_read = 0.0
+        self._meters_read = float("-inf")
         self._sources: dict[str, int] = {}
 
     def connect(self) -> None:
@@ -94,7 +94,10 @@ class Store:
     def meter(self, name: str, refresh_s: float = 10.0) -> Meter | None:
         """The meter sensor of that name; re-read at most every ``refresh_s`` when one is not
         known (a sensor set up after the start), so a flood of unknown names costs no queries."""
-        if name not in self._meters and time.monotonic() - self._meters_read > refresh_s:
+        age = time.monotonic() - self._meters_read
+        # an unknown name at most every refresh_s; all of them every minute (a sensor made again,
+        # changed bounds)
+        if (name not in self._meters and age > refresh_s) or age > 60:
             self._read_meters()
         if name in self._ambiguous:
             return None
@@ -144,6 +147,8 @@ class Store:
                 )
                 found = cur.fetchone()
                 log.info("new gateway", extra={"fields": {"gateway": gateway, "source_id": found[0]}})
+        # its own transaction: a later rollback (a meter lookup, a failed batch) must not undo it
+        self.conn.commit()
         self._sources[gateway] = found[0]
         return found[0]
 

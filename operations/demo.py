@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 *fleet_args,
                 "--token-file",
                 str(tokens),
-                *(["--mqtt-url", mqtt_url] if mqtt_url else []),
+                # the broker's URL (with its password) from the environment, not the command line
+                *(["--publish-meters"] if mqtt_url else []),
             ],
             env,
             running,

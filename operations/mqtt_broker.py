@@ -6,9 +6,10 @@ gateways are tested against, it persists QoS 1 messages of persistent sessions a
 (what "nothing the broker accepted is lost" rests on), and it sustains the load test's rate on
 two cores. Without it, the demo says what is missing and runs without meter ingestion.
 
-The limits that matter for ingestion are lifted: Mosquitto's default 20 QoS 1 messages in flight
-per client would cap a worker that acknowledges after its commit at 20 readings per commit, and its
-default 1,000 queued messages per offline session would drop readings while a worker restarts.
+The limits that matter for ingestion are raised: Mosquitto's default 20 QoS 1 messages in flight
+per client would cap a worker that acknowledges after its commit at 20 readings per commit (10,000:
+what one worker holds unacknowledged at most), and its default 1,000 queued messages per offline
+session would drop readings while a worker restarts.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Broker:
             "persistence true",
             f"persistence_location {self.folder.resolve()}/",
             "autosave_interval 1",
-            "max_inflight_messages 0",
+            "max_inflight_messages 10000",
             "max_queued_messages 1000000",
             "set_tcp_nodelay true",
             f"log_dest file {(self.folder / 'mosquitto.log').resolve()}",

@@ -145,6 +145,11 @@ def parser() -> argparse.ArgumentParser:
         help="CA (PEM) of the CEM's certificate for a wss:// URL ($CARIFLEX_S2_CA_FILE; default: system CAs)",
     )
     run.add_argument(
+        "--publish-meters",
+        action="store_true",
+        help="also publish each meter's reading every second to the broker of $CARIFLEX_MQTT_URL",
+    )
+    run.add_argument(
         "--mqtt-url",
         default=None,
         help="also publish each meter's reading every second to this MQTT broker "
@@ -223,11 +228,15 @@ async def _run(args: argparse.Namespace) -> int:
     )
     publishing = None
     meters = [d for d in devices if isinstance(d, SimMeter)]
-    if args.mqtt_url and meters:
+    mqtt_url = args.mqtt_url or (settings.get("CARIFLEX_MQTT_URL") if args.publish_meters else None)
+    if args.publish_meters and not mqtt_url:
+        print("cariflex-sim: --publish-meters needs CARIFLEX_MQTT_URL", file=sys.stderr)
+        return 2
+    if mqtt_url and meters:
         from simulator.mqtt_meters import MeterPublisher
 
         try:
-            publisher = MeterPublisher(args.mqtt_url, meters)
+            publisher = MeterPublisher(mqtt_url, meters)
         except ValueError as exc:
             print(f"cariflex-sim: {exc}", file=sys.stderr)
             return 2

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlparse
+from urllib.parse import unquote
 
 import paho.mqtt.client as mqtt
 
-from cariflex.contracts.meter_reading import encode, topic
+from cariflex.contracts.meter_reading import broker_address, encode, topic
 from cariflex.s2.meters import PV
 from cariflex.site_model import meter_sensor
 from simulator.site import SimMeter
@@ -26,19 +26,14 @@ log = logging.getLogger("cariflex.sim.mqtt")
 
 class MeterPublisher:
     def __init__(self, url: str, meters: list[SimMeter], gateway: str = "simulator", period_s: float = 1.0):
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            # (not the URL itself: it may hold the password)
-            raise ValueError(
-                f"the MQTT URL must be mqtt://[user:password@]host:port, not a {parsed.scheme!r} URL"
-            )
+        parsed, port = broker_address(url, "the MQTT URL")
         self.meters, self.gateway, self.period_s = meters, gateway, period_s
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cariflex-sim-{gateway}")
         if parsed.username:
-            self.client.username_pw_set(parsed.username, parsed.password)
+            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
         self.client.reconnect_delay_set(1, 5)
         self.client.max_queued_messages_set(100_000)  # a broker away for a while: kept and sent later
-        self.client.connect_async(parsed.hostname, parsed.port or 1883, keepalive=30)
+        self.client.connect_async(parsed.hostname, port, keepalive=30)
         self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:

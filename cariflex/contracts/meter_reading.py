@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import ParseResult, urlparse
 
 TOPIC_PREFIX = "cariflex/meters"
 DEAD_LETTER_PREFIX = "cariflex/dead-letter"
@@ -100,6 +101,8 @@ def parse_payload(gateway: str, sensor: str, payload: bytes) -> Reading:
         raise ReadingRefused(f"time: {_short(stamp)} is not ISO 8601") from None
     if when.tzinfo is None or when.utcoffset() is None:
         raise ReadingRefused(f"time: {_short(stamp)} has no UTC offset")
+    if not 1970 <= when.year <= 9998:  # (year 1 with an offset cannot even be turned into UTC)
+        raise ReadingRefused(f"time: {_short(stamp)} is out of range")
     unit = data.get("unit")
     if not isinstance(unit, str) or not unit or len(unit) > 16:
         raise ReadingRefused(f"unit: expected a unit like 'kW', got {_short(unit)}")
@@ -129,3 +132,16 @@ def to_unit(reading: Reading, sensor_unit: str) -> float:
     if sensor_unit == "kW" and reading.unit in POWER_UNITS_TO_KW:
         return reading.value * POWER_UNITS_TO_KW[reading.unit]
     raise ReadingRefused(f"unit {reading.unit!r} does not fit sensor {reading.sensor} (in {sensor_unit})")
+
+
+def broker_address(url: str, what: str) -> tuple[ParseResult, int]:
+    """The parsed broker URL and its port; a bad one is refused without echoing it (it may hold
+    the password, which urllib quotes back in some of its errors)."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port or 1883
+    except ValueError:
+        port = None
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname or port is None:
+        raise ValueError(f"{what} must be mqtt://[user:password@]host:port (user and password URL-quoted)")
+    return parsed, port

@@ -41,6 +41,8 @@ def test_a_reading_round_trips_through_its_payload():
             "Infinity is not a JSON number",
         ),
         (b'{"value": 1, "time": "yesterday", "unit": "kW"}', "not ISO 8601"),
+        # year 1 with a positive offset passes ISO 8601 but cannot be turned into UTC
+        (b'{"value": 1, "time": "0001-01-01T00:00:00+01:00", "unit": "kW"}', "out of range"),
         (b'{"value": 1, "time": "2026-12-06T10:00:00Z"}', "unit: expected"),
         (b'{"value": 1, "time": "2026-12-06T10:00:00Z", "unit": "kW", "x": 1}', "unknown field(s) 'x'"),
         (b"[" * 900 + b"]" * 100, "not a JSON object"),
@@ -98,3 +100,6 @@ def test_a_bad_broker_url_is_refused_without_showing_its_password():
         with pytest.raises(ValueError) as refused:
             make("http://cariflex:s3cret-pw@127.0.0.1:1883")
         assert "s3cret" not in str(refused.value) and "mqtt://" in str(refused.value)
+        with pytest.raises(ValueError) as refused:  # a '/' in a password unquoted: urllib names it
+            make("mqtt://cariflex:Ab3/s3cret@127.0.0.1:1883")
+        assert "Ab3" not in str(refused.value) and "s3cret" not in str(refused.value)

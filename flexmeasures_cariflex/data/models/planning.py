@@ -69,11 +69,8 @@ class CariflexFleetScheduler(Scheduler):
                 f"site '{fleet.site.name}' does not exist; run `flexmeasures cariflex setup` first"
             )
         if isinstance(target, Sensor) or target is None or target.id != site.id:
-            what = (
-                f"sensor {target.id} ({target.name})"
-                if isinstance(target, Sensor)
-                else f"asset {target.id} ({target.name})"
-            )
+            kind = "sensor" if isinstance(target, Sensor) else "asset"
+            what = f"{kind} {target.id} ({target.name})" if target is not None else "this trigger"
             raise ValueError(
                 f"{what} is planned with the whole Cariflex fleet: trigger the site '{site.name}' "
                 f"(POST /api/v3_0/assets/{site.id}/schedules/trigger) instead"
