@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -83,9 +82,9 @@ def start_job_queue(env: dict[str, str], running: list[tuple[str, subprocess.Pop
         return None
     where = settings.var_dir() / "redis"
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from operations.mqtt_broker import free_port
+
+    port = free_port()
     password = secrets.token_urlsafe(24)
     conf = where / "redis.conf"
     conf.touch(mode=0o600)
