@@ -319,3 +319,41 @@ def test_raw_readings_past_the_kept_days_become_one_minute_means_on_the_minute_s
     assert stored(fm_db, "pv_04_power") == [(old + timedelta(minutes=m), float(m + 1)) for m in range(3)]
     assert [v for _, v in stored(fm_db, "pv_04_meter")] == [9.0] * 60  # the last days stay raw
     assert "wrote 0 one-minute means, deleted 0 raw readings" in downsample()
+
+
+def test_a_foreign_client_mosquitto_pub_is_read_and_its_raw_garbage_refused(broker, ingest, fm_db):
+    """Messages from a client we did not write (Mosquitto's own mosquitto_pub), raw bytes included:
+    the good reading is stored, every bad one is refused with its reason, the service stays up."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mosquitto_pub") is None:
+        pytest.skip("needs mosquitto_pub (apt-get install mosquitto-clients)")
+    client = Client(broker)  # the dead-letter listener
+    url = urlparse(broker.url)
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=3)
+    messages = {
+        "cariflex/meters/gw-foreign/pv_05_meter": encode(2.5, now),
+        "cariflex/meters/gw-foreign/pv_06_meter": b"\x00\x01\x02not json",
+        "cariflex/meters/gw-foreign/pv_07_meter": b'{"value": 1, "time": "'
+        + now.isoformat().encode()
+        + b'"}',
+        "cariflex/meters/gw-foreign/pv_08_meter": b'{"value": [1], "time": "x", "unit": "kW"}',
+    }
+    try:
+        for name, payload in messages.items():
+            command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(url.port), "-q", "1", "-t", name, "-s"]
+            if url.username:
+                command += ["-u", url.username, "-P", url.password]
+            subprocess.run(command, input=payload, check=True, timeout=30)
+        wait_until(lambda: len(client.dead) == 3, 30, "three refusals")
+        reasons = " | ".join(d["reason"] for d in client.dead)
+        assert (
+            "not a JSON object" in reasons and "unit: expected" in reasons and "expected a number" in reasons
+        )
+        wait_until(lambda: stored(fm_db, "pv_05_meter", "gw-foreign") == [(now, 2.5)], 30, "the good one")
+        for sensor in ("pv_06_meter", "pv_07_meter", "pv_08_meter"):
+            assert stored(fm_db, sensor, "gw-foreign") == []
+        assert health(ingest)["ok"] is True
+    finally:
+        client.close()
