@@ -106,6 +106,13 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "bearer token of the admin API; unset = generated var/vtn_admin_token",
     ),
+    Variable("CARIFLEX_VTN_OPERATOR", "operator", "console operator `serve` creates when a password is set"),
+    Variable(
+        "CARIFLEX_VTN_OPERATOR_PASSWORD",
+        None,
+        "that operator's password (12+ characters; `serve` sets it at start); the demo generates "
+        "var/vtn_operator_password",
+    ),
     Variable(
         "CARIFLEX_VTN_ADMIN_URL", None, "operator CLI: talk to this admin API instead of the local store"
     ),
@@ -227,6 +234,7 @@ SECRETS: tuple[str, ...] = (
     "CARIFLEX_ADMIN_PASSWORD",
     "CARIFLEX_FM_PASSWORD",
     "CARIFLEX_VTN_ADMIN_TOKEN",
+    "CARIFLEX_VTN_OPERATOR_PASSWORD",
     "CARIFLEX_GRAFANA_DB_PASSWORD",
     "CARIFLEX_DB_PASSWORD",
     "CARIFLEX_REDIS_PASSWORD",

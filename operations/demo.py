@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     running: list[tuple[str, subprocess.Popen]] = []
     try:
         # The VTN needs nothing from FlexMeasures: start it first, it is ready long before.
-        provision_ven(settings.get("CARIFLEX_VEN_NAME"))
+        provision_ven(settings.get("CARIFLEX_VEN_NAME"), args.fleet)
+        # The console's operator: the VTN sets this password at start (generated under var/).
+        env["CARIFLEX_VTN_OPERATOR_PASSWORD"] = settings.secret(
+            "CARIFLEX_VTN_OPERATOR_PASSWORD", "vtn_operator_password"
+        )
         vtn = start_process("openadr-vtn", [str(BIN / "cariflex-vtn"), "serve", "--insecure"], env, running)
         env["CARIFLEX_DATABASE_URL"] = prepare_database()
         redis_url = start_job_queue(env, running)
@@ -315,18 +319,21 @@ def pair_simulated_devices(fleet_args: list[str], env: dict[str, str]) -> Path:
     return tokens
 
 
-def provision_ven(name: str) -> None:
-    """The bridge's VEN must be provisioned before it may register (idempotent)."""
+def provision_ven(name: str, fleet_path: str | None = None) -> None:
+    """The bridge's VEN must be provisioned before it may register (idempotent), with the site's
+    connection capacity: the console draws a load-control level as a cap in kW of it."""
+    from cariflex.fleet import load_fleet
     from vtn import actions
     from vtn.events import Conflict
     from vtn.store import Store, default_url
 
+    capacity = load_fleet(fleet_path).site.capacity_kw
     store = Store(default_url())
     try:
-        actions.add_ven(store, name)
-        log.info("provisioned VEN", extra={"fields": {"ven_name": name}})
+        actions.add_ven(store, name, capacity_kw=capacity)
+        log.info("provisioned VEN", extra={"fields": {"ven_name": name, "capacity_kw": capacity}})
     except Conflict:
-        pass
+        actions.set_ven_capacity(store, name, capacity)
     finally:
         store.dispose()
 
@@ -339,10 +346,17 @@ def banner(base: str, vtn_admin: str, queued: bool = True, ingest_health: str | 
         else str(settings.var_dir() / "admin_password")
     )
     vtn_url = f"http://127.0.0.1:{settings.get('CARIFLEX_VTN_PORT')}/OpenADR2/Simple/2.0b"
+    operator_hint = (
+        "$CARIFLEX_VTN_OPERATOR_PASSWORD"
+        if settings.get("CARIFLEX_VTN_OPERATOR_PASSWORD")
+        else str(settings.var_dir() / "vtn_operator_password")
+    )
     return (
         f"\n  Cariflex EMS is running: {base}\n"
         f"  Log in as {email} (password in {password_hint}).\n"
         f"  OpenADR VTN: {vtn_url}  (admin API {vtn_admin})\n"
+        f"  Operator console: {vtn_admin}/console/  (log in as {settings.get('CARIFLEX_VTN_OPERATOR')}, "
+        f"password in {operator_hint})\n"
         "  VEN bridge: VTN events -> FlexMeasures (`.venv/bin/cariflex-ven status`)\n"
         + (
             "  Jobs: an RQ worker on FlexMeasures' scheduling and forecasting queues\n"

@@ -25,10 +25,21 @@ from vtn.events import (
     InputError,
     NotFound,
     load_control_draft,
+    parse_numbers,
     price_draft,
     status_at,
 )
-from vtn.store import Event, EventHistory, Interval, OptResponse, ReportRegistration, ReportValue, Store, Ven
+from vtn.store import (
+    Delivery,
+    Event,
+    EventHistory,
+    Interval,
+    OptResponse,
+    ReportRegistration,
+    ReportValue,
+    Store,
+    Ven,
+)
 
 # The inputs of each event kind, by the names the CLI options and the admin API share.
 PRICE_FIELDS = frozenset(
@@ -208,37 +219,141 @@ def show_event(store: Store, event_id: str, *, now: datetime | None = None) -> d
         ]
         if event.kind == "load_control":
             out["fleet_power_kw"] = fleet_power(session, event, now)
-        return out
+    out["vens_sent"] = deliveries(store, [event_id]).get(event_id, [])
+    return out
 
 
 _SCALE_TO_KW = {"k": 1.0, "none": 1e-3, None: 1e-3, "M": 1e3}
+DELIVERED_PCT = "x-drDeliveredPercent"  # the VEN's DR verification (ven_bridge.dr_report)
+
+
+def _targeted_vens(session: Session, event: Event) -> list[Ven]:
+    query = select(Ven)
+    if event.ven_names is not None:
+        query = query.where(Ven.ven_name.in_(event.ven_names))
+    return list(session.execute(query.order_by(Ven.ven_name)).scalars())
+
+
+def _streams(session: Session, ven_ids: set[str]) -> tuple[dict, set]:
+    """(ven_id, r_id) → kW per reported unit for the power streams, and the delivered-% streams,
+    from what the VENs registered (oadrRegisterReport)."""
+    power: dict[tuple[str, str], float] = {}
+    delivered: set[tuple[str, str]] = set()
+    for r in session.execute(
+        select(ReportRegistration).where(ReportRegistration.ven_id.in_(ven_ids))
+    ).scalars():
+        measurement = str(r.description.get("measurement", ""))
+        if measurement == DELIVERED_PCT:
+            delivered.add((r.ven_id, r.r_id))
+        elif "power" in measurement.lower():
+            power[(r.ven_id, r.r_id)] = _SCALE_TO_KW.get(r.description.get("scale"), 1e-3)
+    return power, delivered
 
 
 def fleet_power(session: Session, event: Event, now: datetime) -> dict[str, Any]:
     """Mean fleet power the targeted VENs reported (TELEMETRY_USAGE) in the hour before the event
     and during it so far: did the load control work?"""
-    registrations = session.execute(select(ReportRegistration)).scalars().all()
-    vens = None
-    if event.ven_names is not None:
-        vens = set(session.execute(select(Ven.ven_id).where(Ven.ven_name.in_(event.ven_names))).scalars())
-    factor = {
-        (r.ven_id, r.r_id): _SCALE_TO_KW.get(r.description.get("scale"), 1e-3)
-        for r in registrations
-        if "power" in str(r.description.get("measurement", "")).lower() and (vens is None or r.ven_id in vens)
+    picture = load_control_picture(session, event, now)
+    return {k: picture[k] for k in ("before", "samples_before", "during", "samples_during")}
+
+
+def load_control_picture(session: Session, event: Event, now: datetime) -> dict[str, Any]:
+    """What the console draws for a load-control event: each targeted VEN's reported fleet power
+    from an hour before the event to its end (or now), the cap the levels set on the VENs whose
+    capacity is provisioned, the before/during means, and the delivered percentage the VENs
+    reported after the event (their DR verification)."""
+    vens = _targeted_vens(session, event)
+    names = {v.ven_id: v.ven_name for v in vens}
+    power, delivered = _streams(session, set(names))
+    end = event.start + timedelta(seconds=event.duration_s)
+    begin, finish = event.start - timedelta(hours=1), min(end, now)
+    rows = session.execute(
+        select(ReportValue)
+        .where(ReportValue.at >= begin, ReportValue.at < finish, ReportValue.ven_id.in_(set(names)))
+        .order_by(ReportValue.at)
+    ).scalars()
+    series: dict[str, list[tuple[str, float]]] = {}
+    before: list[float] = []
+    during: list[float] = []
+    for r in rows:
+        factor = power.get((r.ven_id, r.r_id))
+        if factor is None:
+            continue
+        kw = r.value * factor
+        series.setdefault(names[r.ven_id], []).append((r.at.isoformat(), round(kw, 3)))
+        (before if r.at < event.start else during).append(kw)
+    capacity = sum(v.capacity_kw for v in vens if v.capacity_kw)
+    cap = (
+        [
+            {
+                "start": i.start.isoformat(),
+                "end": (i.start + timedelta(seconds=i.duration_s)).isoformat(),
+                "level": i.value,
+                "cap_kw": round(i.value * capacity, 3),
+            }
+            for i in event.intervals
+        ]
+        if capacity
+        else []
+    )
+    reported = []
+    if delivered and end <= now:
+        for r in session.execute(
+            select(ReportValue)
+            .where(
+                ReportValue.at >= end,
+                ReportValue.at < end + timedelta(days=1),
+                ReportValue.ven_id.in_(set(names)),
+            )
+            .order_by(ReportValue.at)
+        ).scalars():
+            if (r.ven_id, r.r_id) in delivered:
+                reported.append({"ven": names[r.ven_id], "at": r.at.isoformat(), "delivered_pct": r.value})
+    latest = {d["ven"]: d for d in reported}  # the last each VEN said
+    return {
+        "before": round(sum(before) / len(before), 3) if before else None,
+        "samples_before": len(before),
+        "during": round(sum(during) / len(during), 3) if during else None,
+        "samples_during": len(during),
+        "series": series,
+        "capacity_kw": capacity or None,
+        "vens_without_capacity": [v.ven_name for v in vens if not v.capacity_kw],
+        "cap": cap,
+        "delivered": list(latest.values()),
     }
-    end = min(event.start + timedelta(seconds=event.duration_s), now)
-    windows = {"before": (event.start - timedelta(hours=1), event.start), "during": (event.start, end)}
-    out: dict[str, Any] = {}
-    for name, (begin, finish) in windows.items():
-        rows = (
-            session.execute(select(ReportValue).where(ReportValue.at >= begin, ReportValue.at < finish))
-            .scalars()
-            .all()
-        )
-        values = [r.value * factor[(r.ven_id, r.r_id)] for r in rows if (r.ven_id, r.r_id) in factor]
-        out[name] = round(sum(values) / len(values), 3) if values else None
-        out[f"samples_{name}"] = len(values)
-    return out
+
+
+def deliveries(store: Store, event_ids: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per event, per VEN: the modification it was last sent (and when) and its opt per
+    modification. ``event_ids`` None: every event."""
+    with store.session() as session:
+        sent = select(Delivery, Ven.ven_name).join(Ven, Ven.ven_id == Delivery.ven_id, isouter=True)
+        opts = select(OptResponse, Ven.ven_name).join(Ven, Ven.ven_id == OptResponse.ven_id, isouter=True)
+        if event_ids is not None:
+            sent = sent.where(Delivery.event_id.in_(event_ids))
+            opts = opts.where(OptResponse.event_id.in_(event_ids))
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for d, name in session.execute(sent):
+            out.setdefault(d.event_id, {})[d.ven_id] = {
+                "ven": name or d.ven_id,
+                "sent_modification": d.modification_number,
+                "sent_status": d.status,
+                "sent_at": d.delivered_at.isoformat(),
+                "opts": {},
+            }
+        for o, name in session.execute(opts.order_by(OptResponse.modification_number)):
+            row = out.setdefault(o.event_id, {}).setdefault(
+                o.ven_id,
+                {
+                    "ven": name or o.ven_id,
+                    "sent_modification": None,
+                    "sent_status": None,
+                    "sent_at": None,
+                    "opts": {},
+                },
+            )
+            row["opts"][o.modification_number] = o.opt_type
+        return {event_id: sorted(by_ven.values(), key=lambda r: r["ven"]) for event_id, by_ven in out.items()}
 
 
 def modify_event(
@@ -374,15 +489,38 @@ def normalise_fingerprint(fingerprint: str | None) -> str | None:
     return value
 
 
-def add_ven(store: Store, name: str, fingerprint: str | None = None) -> dict[str, Any]:
+def check_capacity(capacity_kw: float | None) -> float | None:
+    if capacity_kw is None or capacity_kw == "":
+        return None
+    (value,) = parse_numbers([capacity_kw], "--capacity-kw")
+    if not 0 < value <= 1e6:
+        raise InputError(f"--capacity-kw {value:g} must be above 0 and at most 1000000 kW")
+    return value
+
+
+def add_ven(
+    store: Store, name: str, fingerprint: str | None = None, capacity_kw: float | None = None
+) -> dict[str, Any]:
     if not name or not VEN_NAME.match(name):
         raise InputError(f"VEN name {name!r} must be 1-100 letters, digits, '.', '_' or '-'")
     fp = normalise_fingerprint(fingerprint)
+    capacity = check_capacity(capacity_kw)
     with store.write_session() as session:
         if session.execute(select(Ven).where(Ven.ven_name == name)).scalar_one_or_none():
             raise Conflict(f"VEN {name!r} is already provisioned")
-        ven = Ven(ven_name=name, ven_id=f"ven-{secrets.token_hex(6)}", fingerprint=fp)
+        ven = Ven(ven_name=name, ven_id=f"ven-{secrets.token_hex(6)}", fingerprint=fp, capacity_kw=capacity)
         session.add(ven)
+        return _ven_dict(ven)
+
+
+def set_ven_capacity(store: Store, name: str, capacity_kw: float | None) -> dict[str, Any]:
+    """The site's contracted import capacity (what a load-control level is a fraction of)."""
+    capacity = check_capacity(capacity_kw)
+    with store.session() as session:
+        ven = session.execute(select(Ven).where(Ven.ven_name == name)).scalar_one_or_none()
+        if ven is None:
+            raise NotFound(f"VEN {clip(repr(name))} is not provisioned (see `cariflex-vtn ven list`)")
+        ven.capacity_kw = capacity
         return _ven_dict(ven)
 
 
@@ -391,6 +529,7 @@ def _ven_dict(ven: Ven) -> dict[str, Any]:
         "ven_name": ven.ven_name,
         "ven_id": ven.ven_id,
         "fingerprint": ven.fingerprint,
+        "capacity_kw": ven.capacity_kw,
         "registered": ven.registration_id is not None,
         "registered_at": ven.registered_at.isoformat() if ven.registered_at else None,
         "last_poll_at": ven.last_poll_at.isoformat() if ven.last_poll_at else None,
@@ -413,3 +552,11 @@ def counts(store: Store, now: datetime | None = None) -> dict[str, int]:
         events = session.execute(select(Event)).scalars().all()
         active = sum(event_status(e, now) in ("far", "near", "active") for e in events)
     return {"vens": vens, "vens_registered": registered, "events_pending_or_active": active}
+
+
+def event_picture(store: Store, event_id: str, *, now: datetime | None = None) -> dict[str, Any] | None:
+    """load_control_picture of one event (None for a price event)."""
+    now = now or datetime.now(UTC)
+    with store.session() as session:
+        event = _get_event(session, event_id)
+        return load_control_picture(session, event, now) if event.kind == "load_control" else None

@@ -1,7 +1,8 @@
 """The operator's JSON API, next to the OpenADR endpoint in the VTN process.
 
 The same operations as the CLI (vtn.actions), behind a bearer token
-(CARIFLEX_VTN_ADMIN_TOKEN). ``GET /health`` needs no token. Errors are JSON
+(CARIFLEX_VTN_ADMIN_TOKEN). ``GET /health`` needs no token; ``/console/`` is the operator console
+(vtn.console: logins and sessions instead of the token). Errors are JSON
 ``{"error": "..."}`` with 400 (bad input), 401, 404 (unknown id) or 409 (state conflict).
 
 Every store call runs on the VTN's admin threads (``CariflexVtn.in_admin_thread``), never on the
@@ -19,6 +20,8 @@ from aiohttp import web
 
 from cariflex.json_input import JsonInputError, load_json
 from vtn import actions
+from vtn.console import web as console
+from vtn.console.web import PREFIX as CONSOLE_PREFIX
 from vtn.events import Conflict, InputError, NotFound
 
 if TYPE_CHECKING:
@@ -35,7 +38,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler):
     vtn: CariflexVtn = request.app[VTN_KEY]
-    if request.path != "/health":
+    # The console (its own sessions and CSRF, vtn.console.web) and the way to it need no token.
+    if request.path not in ("/health", "/", CONSOLE_PREFIX) and not request.path.startswith(
+        f"{CONSOLE_PREFIX}/"
+    ):
         sent = request.headers.get("Authorization", "")
         expected = f"Bearer {vtn.options.admin_token}"
         if not hmac.compare_digest(sent.encode(), expected.encode()):
@@ -82,6 +88,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "recovery": (str,),
     "name": (str,),
     "fingerprint": (str,),
+    "capacity_kw": (int, float),
 }
 
 
@@ -173,8 +180,13 @@ async def list_vens(request: web.Request) -> web.Response:
 
 
 async def add_ven(request: web.Request) -> web.Response:
-    body = _fields(await _body(request), {"name", "fingerprint"}, ("name",))
-    return _json(await _store(request, actions.add_ven, body.get("name", ""), body.get("fingerprint")), 201)
+    body = _fields(await _body(request), {"name", "fingerprint", "capacity_kw"}, ("name",))
+    return _json(
+        await _store(
+            request, actions.add_ven, body.get("name", ""), body.get("fingerprint"), body.get("capacity_kw")
+        ),
+        201,
+    )
 
 
 def make_app(vtn: CariflexVtn) -> web.Application:
@@ -192,8 +204,10 @@ def make_app(vtn: CariflexVtn) -> web.Application:
             web.get("/events/{event_id}/opts", list_opts),
             web.get("/vens", list_vens),
             web.post("/vens", add_ven),
+            web.get("/", console.root),
         ]
     )
+    app.add_subapp(CONSOLE_PREFIX, console.make_app(vtn))
     return app
 
 

@@ -198,14 +198,31 @@ def serve(
     # openleadr logs every message with its whole payload at INFO; keep its warnings.
     logging.getLogger("openleadr").setLevel(logging.WARNING)
 
+    store = Store(default_url())
+    _ensure_operator(store)
+
     async def main() -> None:
-        await CariflexVtn(Store(default_url()), options).run()
+        await CariflexVtn(store, options).run()
 
     try:
         asyncio.run(main())
     finally:
         # Shut down already: a second SIGTERM (e.g. a supervisor after Ctrl-C) must not kill the exit.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _ensure_operator(store) -> None:
+    """CARIFLEX_VTN_OPERATOR with CARIFLEX_VTN_OPERATOR_PASSWORD, when that is set (compose, demo)."""
+    from vtn import operators
+
+    password = settings.get("CARIFLEX_VTN_OPERATOR_PASSWORD")
+    if not password:
+        return
+    name = settings.get("CARIFLEX_VTN_OPERATOR")
+    change = _run(operators.ensure_operator, store, name, password)
+    logging.getLogger("cariflex.vtn").info(
+        "console operator", extra={"fields": {"operator": name, "change": change}}
+    )
 
 
 @cli.command()
@@ -234,14 +251,22 @@ def ven() -> None:
 @ven.command("add")
 @click.argument("name")
 @click.option("--fingerprint", default=None, help="Certificate fingerprint the VEN must present (TLS).")
+@click.option(
+    "--capacity-kw",
+    type=float,
+    default=None,
+    help="The site's contracted import capacity: a load-control level is a fraction of it (console chart).",
+)
 @click.option("--exist-ok", is_flag=True, help="Succeed, changing nothing, when NAME is provisioned already.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def ven_add(ctx, name: str, fingerprint: str | None, exist_ok: bool, as_json: bool) -> None:
+def ven_add(
+    ctx, name: str, fingerprint: str | None, capacity_kw: float | None, exist_ok: bool, as_json: bool
+) -> None:
     """Provision VEN NAME."""
     backend = _backend(ctx)
     try:
-        result = backend.call("add_ven", name, fingerprint)
+        result = backend.call("add_ven", name, fingerprint, capacity_kw)
         text = f"provisioned VEN {result['ven_name']} (ven_id {result['ven_id']})"
     except Conflict as exc:
         if not exist_ok:  # a container start provisions its VEN every time (docker-compose.yml)
@@ -259,7 +284,7 @@ def ven_add(ctx, name: str, fingerprint: str | None, exist_ok: bool, as_json: bo
 def ven_list(ctx, as_json: bool) -> None:
     """VENs with registration state and last poll time."""
     rows = _run(_backend(ctx).call, "list_vens")
-    text = _table(rows, ["ven_name", "ven_id", "registered", "last_poll_at", "fingerprint"])
+    text = _table(rows, ["ven_name", "ven_id", "registered", "last_poll_at", "capacity_kw", "fingerprint"])
     _emit(rows, as_json, text)
 
 
@@ -453,6 +478,66 @@ def event_cancel(ctx, event_id: str, as_json: bool) -> None:
     """Cancel an event; VENs receive the cancellation."""
     result = _run(_backend(ctx).call, "cancel_event", event_id)
     _emit(result, as_json, f"cancelled {result['event_id']} (modification {result['modification_number']})")
+
+
+# --- console operators -------------------------------------------------------------------------
+
+
+@cli.group()
+def operator() -> None:
+    """Accounts for the operator console (served by `serve` at /console/ on the admin port)."""
+
+
+def _local_store(ctx: click.Context):
+    if _backend(ctx).remote:
+        raise click.UsageError("operator accounts are managed on the VTN's own store, not with --remote")
+    return _backend(ctx).store
+
+
+@operator.command("add")
+@click.argument("name")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    default=None,
+    help="Read the password from this file ('-': standard input) instead of asking.",
+)
+@click.option(
+    "--replace", is_flag=True, help="Set a new password for an existing operator (ends their sessions)."
+)
+@click.pass_context
+def operator_add(ctx, name: str, password_file, replace: bool) -> None:
+    """Create operator NAME (at least 12 characters of password; it is stored hashed)."""
+    from vtn import operators
+
+    if password_file is not None:
+        password = password_file.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    result = _run(operators.add_operator, _local_store(ctx), name, password, replace=replace)
+    click.echo(f"operator {result['operator']}: {result['change']}")
+
+
+@operator.command("remove")
+@click.argument("name")
+@click.pass_context
+def operator_remove(ctx, name: str) -> None:
+    """Remove operator NAME and end their sessions."""
+    from vtn import operators
+
+    result = _run(operators.remove_operator, _local_store(ctx), name)
+    click.echo(f"operator {result['operator']}: {result['change']}")
+
+
+@operator.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def operator_list(ctx, as_json: bool) -> None:
+    """Operators and their last login."""
+    from vtn import operators
+
+    rows = _run(operators.list_operators, _local_store(ctx))
+    _emit(rows, as_json, _table(rows, ["operator", "created_at", "last_login_at"]))
 
 
 @cli.group()

@@ -62,7 +62,10 @@ def _clean(kwargs: dict[str, Any]) -> dict[str, Any]:
 def call_remote(base: str, name: str, *args: Any, **kwargs: Any) -> Any:
     quote = urllib.parse.quote
     if name == "add_ven":
-        return _request(base, "POST", "/vens", _clean({"name": args[0], "fingerprint": args[1]}))
+        capacity = args[2] if len(args) > 2 else None
+        return _request(
+            base, "POST", "/vens", _clean({"name": args[0], "fingerprint": args[1], "capacity_kw": capacity})
+        )
     if name == "list_vens":
         return _request(base, "GET", "/vens")
     if name == "create_price_event":

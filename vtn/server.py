@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -248,6 +248,7 @@ class CariflexVtn:
         self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vtn-store")
         self.admin_threads = ThreadPoolExecutor(max_workers=ADMIN_THREADS, thread_name_prefix="vtn-admin")
         self.port: int | None = None
+        self.started_at = datetime.now(UTC)
         self.admin_port: int | None = None
         tls = options.tls
         self.server = OpenADRServer(
@@ -294,6 +295,10 @@ class CariflexVtn:
         events.handlers["oadrCreatedEvent"] = self.on_created_event
         reports = self.server.services["report_service"]
         reports.handlers["oadrUpdateReport"] = self.on_update_report
+        # What each r_id measures is stored before openleadr answers the registration: the console
+        # and `event show` read power and delivered-% streams by it (openleadr keeps it in memory).
+        self._openleadr_register_report = reports.handlers["oadrRegisterReport"]
+        reports.handlers["oadrRegisterReport"] = self.on_register_report_message
 
     # --- off the loop ---------------------------------------------------------------------------
 
@@ -527,6 +532,10 @@ class CariflexVtn:
                 )
                 session.add_all(rows)
 
+    async def on_register_report_message(self, payload: dict[str, Any]):
+        await self.in_store_thread(self._store_report_registrations, payload)
+        return await self._openleadr_register_report(payload)
+
     def on_register_report(
         self, ven_id, resource_id, measurement, unit, scale, min_sampling_interval, max_sampling_interval
     ):
@@ -572,7 +581,7 @@ class CariflexVtn:
         with self.store.session() as session:
             session.add_all(rows)
 
-    def _security_mode(self) -> str:
+    def security_mode(self) -> str:
         if not self.options.tls:
             return "none (plain HTTP: loopback or a closed network only)"
         if self.options.require_signatures:
@@ -630,7 +639,7 @@ class CariflexVtn:
                     "admin_port": self.admin_port,
                     "poll_seconds": self.options.poll_seconds,
                     "tls": self.options.tls,
-                    "security": self._security_mode(),
+                    "security": self.security_mode(),
                     "store": self.store.engine.url.render_as_string(hide_password=True),
                 }
             },

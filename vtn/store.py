@@ -35,7 +35,9 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -81,6 +83,9 @@ class Ven(Base):
     registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The site's normal import capacity, as contracted: a load-control level (a fraction of it)
+    # becomes a cap in kW the console draws against the fleet power the VEN reports.
+    capacity_kw: Mapped[float | None] = mapped_column(Float)
 
 
 class Event(Base):
@@ -186,6 +191,43 @@ class ReportValue(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Operator(Base):
+    """A person who may use the console; the password only as a salted scrypt hash (vtn.operators)."""
+
+    __tablename__ = "vtn_operator"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OperatorSession(Base):
+    """A console login. The cookie holds a random token; the store only its SHA-256, so a copy of the
+    store logs nobody in. ``csrf_token`` is the synchroniser token every form of the session posts."""
+
+    __tablename__ = "vtn_operator_session"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator: Mapped[str] = mapped_column(String(100), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OperatorAction(Base):
+    """Who did what in the console, refused attempts included (failed logins: the name tried)."""
+
+    __tablename__ = "vtn_operator_action"
+    __table_args__ = (Index("ix_vtn_operator_action_target", "target"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    operator: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str | None] = mapped_column(String(100))
+    outcome: Mapped[str] = mapped_column(String(10))  # "done" | "refused"
+    detail: Mapped[str | None] = mapped_column(String(400))
+
+
 class Meta(Base):
     __tablename__ = "vtn_meta"
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -214,10 +256,23 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._create_missing_indices()
         with self.session() as s:
             if s.get(Meta, "generation") is None:
                 s.add(Meta(key="generation", value=0))
+
+    def _add_missing_columns(self) -> None:
+        """create_all makes only new tables: a store from an older VTN gets the (nullable) columns
+        added since, e.g. ``vtn_ven.capacity_kw``."""
+        existing = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     def _create_missing_indices(self) -> None:
         """create_all makes indices only with new tables: a store from an older VTN gets the indices

@@ -69,6 +69,11 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
         assert (tmp_path / "var" / "admin_password").read_text().strip() == password
         wait_for(lines, rf"Cariflex EMS is running: http://127.0.0.1:{port}", 240, seen)
         base = f"http://127.0.0.1:{port}"
+        console = wait_for(
+            lines, r"Operator console: (\S+)  \(log in as operator, password in (\S+)\)", 30, seen
+        )
+        assert console[1] == f"http://127.0.0.1:{vtn_admin_port}/console/"
+        assert console[2] == str(tmp_path / "var" / "vtn_operator_password")
         ingest_health = wait_for(lines, r"cariflex-ingest health --url (\S+)\)", 30, seen)[1]
 
         # Its own Redis under var/ (not the machine's 6379), with the compose stack's worker on it,
@@ -145,6 +150,22 @@ def test_demo_serves_the_site_and_stops_cleanly(tmp_path):
             return listed.json()[0]["registered"]
 
         wait_until(ven_registered, 60, "the VEN bridge to register")
+
+        # The operator console: the printed login works and shows that VEN with the site's capacity.
+        browser = requests.Session()
+        form = browser.get(console[1], timeout=30)
+        browser.post(
+            f"{vtn_admin}/console/login",
+            data={
+                "csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', form.text)[1],
+                "name": "operator",
+                "password": (tmp_path / "var" / "vtn_operator_password").read_text().strip(),
+            },
+            timeout=30,
+        )
+        page = browser.get(f"{vtn_admin}/console/vens", timeout=30)
+        assert page.url.endswith("/console/vens") and "cariflex-ven" in page.text, page.text[:500]
+        assert "registered 20" in page.text and "600 kW" in page.text
 
         # The simulated devices come under the VEN's S2 control.
         def ven_status() -> dict:

@@ -240,7 +240,15 @@ def test_the_openadr_network_and_its_fixed_addresses(model):
     public = model["networks"]["traefik-public"]
     assert public["ipam"]["config"][0]["subnet"] == "172.29.0.0/16"
     services = model["services"]
-    assert services["openadr-vtn"]["networks"] == {"openadr-internal": {"ipv4_address": "192.168.240.10"}}
+    assert services["openadr-vtn"]["networks"] == {
+        "openadr-internal": {"ipv4_address": "192.168.240.10"},
+        "traefik-public": {},  # for the operator console only (below)
+    }
+    # Traefik routes the console's paths of the admin port and nothing else of the VTN
+    labels = services["openadr-vtn"]["labels"]
+    assert labels["traefik.http.routers.vtn-console.rule"].endswith("&& PathPrefix(`/console`)")
+    assert labels["traefik.http.services.vtn-console.loadbalancer.server.port"] == "8081"
+    assert labels["traefik.http.routers.vtn-console.entrypoints"] == "websecure"
     assert services["openadr-ven"]["networks"] == {"openadr-internal": {"ipv4_address": "192.168.240.11"}}
     # the VEN finds the VTN at its fixed address, on the VTN's documented OpenADR port
     vtn_url = urlparse(services["openadr-ven"]["environment"]["CARIFLEX_VTN_URL"])
