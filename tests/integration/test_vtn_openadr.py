@@ -290,7 +290,7 @@ def test_day_ahead_prices_are_published_at_start_when_the_time_has_passed(tmp_pa
 def test_telemetry_reports_are_stored(vtn, fleet, vtn_store_url):
     from sqlalchemy import select
 
-    from vtn.store import ReportValue, Store
+    from vtn.store import ReportRegistration, ReportValue, Store
 
     provision(vtn, "ven-t")
     readings = iter(range(1000))
@@ -321,5 +321,16 @@ def test_telemetry_reports_are_stored(vtn, fleet, vtn_store_url):
         values = wait_until(lambda: len(stored()) >= 2 and stored(), 30, "two stored report values")
         assert all(v.value >= 40.0 for v in values)
         assert all(v.at.tzinfo is not None for v in values)
+        # What the VEN registered (oadrRegisterReport) is stored too, by the r_id its values carry:
+        # that is how `event show` and the console know these values are power in W.
+        with store.session() as session:
+            registered = (
+                session.execute(select(ReportRegistration).where(ReportRegistration.ven_id == ven.ven_id))
+                .scalars()
+                .all()
+            )
+        assert {r.r_id for r in registered} >= {v.r_id for v in values}
+        (power,) = [r for r in registered if r.r_id == values[0].r_id]
+        assert power.description["measurement"] == "RealPower" and power.description["unit"] == "W"
     finally:
         store.dispose()

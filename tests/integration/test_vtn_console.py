@@ -1,0 +1,329 @@
+"""The operator console's edges over HTTP, against a real VTN process (the browser test walks the
+happy path): logins and their refusals, sessions, CSRF on every change, hostile form values and
+paths (hypothesis), and the operator accounts of `cariflex-vtn operator`. No input may give a 5xx
+or a stack trace, and a refused request writes nothing but its own record."""
+
+from __future__ import annotations
+
+import html
+import re
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers.openadr_harness import BIN, VtnProcess
+from tests.helpers.vtn_checks import TOMORROW, rows
+
+OPERATOR, PASSWORD = "olga", "integration-password-1"
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def vtn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("console")
+    process = VtnProcess(
+        folder,
+        f"sqlite:///{folder / 'vtn.sqlite'}",
+        env={"CARIFLEX_VTN_OPERATOR": OPERATOR, "CARIFLEX_VTN_OPERATOR_PASSWORD": PASSWORD},
+    ).start()
+    process.store_url = f"sqlite:///{folder / 'vtn.sqlite'}"
+    yield process
+    process.stop()
+
+
+def login(vtn, name: str = OPERATOR, password: str = PASSWORD) -> tuple[requests.Session, requests.Response]:
+    browser = requests.Session()
+    form = browser.get(f"{vtn.admin_url}/console/login", timeout=30)
+    answer = browser.post(
+        f"{vtn.admin_url}/console/login",
+        data={"csrf_token": TOKEN.search(form.text)[1], "name": name, "password": password},
+        timeout=30,
+    )
+    return browser, answer
+
+
+@pytest.fixture(scope="module")
+def session(vtn):
+    browser, answer = login(vtn)
+    assert answer.url.endswith("/console/"), answer.text[:300]
+    browser.csrf = TOKEN.search(answer.text)[1]
+    return browser
+
+
+def changes(vtn) -> dict[str, int]:
+    """What the store holds apart from the record of operator actions and sessions."""
+    counted = rows(vtn.store_url)
+    return {k: v for k, v in counted.items() if k not in ("vtn_operator_action", "vtn_operator_session")}
+
+
+def said(answer: requests.Response) -> str:
+    """The page's text as the operator reads it (HTML entities decoded)."""
+    return html.unescape(answer.text)
+
+
+def clean(answer: requests.Response) -> None:
+    assert answer.status_code < 500, answer.text[:500]
+    assert "Traceback" not in said(answer) and "sqlalchemy" not in said(answer).lower()
+
+
+def next_quarter() -> str:
+    now = datetime.now(UTC) + timedelta(minutes=30)
+    return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0).isoformat()
+
+
+def test_the_console_is_reached_from_the_admin_port_and_needs_a_login(vtn):
+    root = requests.get(f"{vtn.admin_url}/", timeout=30)
+    assert root.url.endswith("/console/login?next=/console/")
+    # the admin API keeps its bearer token; the console's pages do not open it
+    assert vtn.admin("GET", "/events", token=None).status_code == 401
+    for path in ("/console/vens", "/console/health", "/console/events/evt-x"):
+        answer = requests.get(f"{vtn.admin_url}{path}", timeout=30, allow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["Location"].startswith("/console/login?next=")
+    before = changes(vtn)
+    answer = requests.post(
+        f"{vtn.admin_url}/console/events/new/load-control",
+        data={"start": next_quarter(), "duration": "PT1H", "levels": "0.5"},
+        timeout=30,
+    )
+    assert answer.status_code == 401 and "log in again. Nothing was changed." in said(answer)
+    assert changes(vtn) == before
+
+
+def test_login_refusals_say_why_and_make_no_session(vtn):
+    before = rows(vtn.store_url)["vtn_operator_session"]
+    browser, answer = login(vtn, password="wrong-password-here")
+    assert answer.status_code == 401 and "wrong operator name or password" in said(answer)
+    _, unknown = login(vtn, name="nobody-by-that-name")
+    assert unknown.status_code == 401 and "wrong operator name or password" in said(unknown)  # same words
+    # without the login form's token (a foreign page posting a login)
+    forged = requests.post(
+        f"{vtn.admin_url}/console/login", data={"name": OPERATOR, "password": PASSWORD}, timeout=30
+    )
+    assert forged.status_code == 403 and "CSRF token is missing or wrong" in said(forged)
+    assert rows(vtn.store_url)["vtn_operator_session"] == before
+    assert "cariflex_vtn_session" not in browser.cookies
+
+
+def test_five_failed_logins_lock_the_name_for_a_while(vtn, tmp_path):
+    subprocess.run(
+        [str(BIN / "cariflex-vtn"), "operator", "add", "victor", "--password-file", "-"],
+        input="victor-password-123\n",
+        env=vtn.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for _ in range(5):
+        assert login(vtn, "victor", "guess-guess-guess")[1].status_code == 401
+    _, locked = login(vtn, "victor", "victor-password-123")  # even the right password now
+    assert locked.status_code == 401 and "too many failed logins for 'victor'" in said(locked)
+    assert login(vtn)[1].url.endswith("/console/")  # other operators are not locked out
+
+
+def test_after_login_only_a_console_path(vtn):
+    browser = requests.Session()
+    form = browser.get(f"{vtn.admin_url}/console/login?next=//evil.example/x", timeout=30)
+    assert "evil" not in said(form)
+    answer = browser.post(
+        f"{vtn.admin_url}/console/login",
+        data={
+            "csrf_token": TOKEN.search(form.text)[1],
+            "name": OPERATOR,
+            "password": PASSWORD,
+            "next": "https://evil.example/",
+        },
+        timeout=30,
+        allow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/console/"
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console/" in cookie
+
+
+def test_every_change_needs_the_sessions_csrf_token(vtn, session):
+    created = session.post(
+        f"{vtn.admin_url}/console/events/new/load-control",
+        data={"csrf_token": session.csrf, "start": next_quarter(), "duration": "PT1H", "levels": "0.5"},
+        timeout=30,
+    )
+    assert "Event created." in said(created)
+    event_id = created.url.split("/events/")[1].split("?")[0]
+    before = changes(vtn)
+    for path, data in (
+        ("/console/events/new/load-control", {"start": next_quarter(), "duration": "PT1H", "levels": "0.5"}),
+        ("/console/events/new/price", {"start": next_quarter(), "prices": " ".join(["50"] * 24)}),
+        (f"/console/events/{event_id}/modify", {"levels": "0.3"}),
+        (f"/console/events/{event_id}/cancel", {}),
+        ("/console/logout", {}),
+    ):
+        for token in (None, "forged-token", session.csrf[:-1]):
+            sent = {**data, **({"csrf_token": token} if token else {})}
+            answer = session.post(f"{vtn.admin_url}{path}", data=sent, timeout=30)
+            assert answer.status_code == 403, (path, token, answer.status_code)
+            assert "CSRF token is missing or wrong, so nothing was changed" in said(answer)
+    assert changes(vtn) == before
+    assert session.get(f"{vtn.admin_url}/console/vens", timeout=30).url.endswith("/vens")  # still logged in
+
+
+def test_pages_carry_a_content_security_policy(vtn, session):
+    page = session.get(f"{vtn.admin_url}/console/", timeout=30)
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Cache-Control"] == "no-store"
+    assert "http://" not in said(page).replace(vtn.admin_url, "") and "https://" not in said(page)
+
+
+def test_a_bad_form_value_is_refused_with_the_clis_message_and_changes_nothing(vtn, session):
+    before = changes(vtn)
+    cases = [
+        (
+            {"start": next_quarter(), "duration": "PT1H", "levels": "2"},
+            "--levels: value 1 (2) is outside 0..1",
+        ),
+        (
+            {"start": "tomorrow", "duration": "PT1H", "levels": "0.5"},
+            "--start 'tomorrow' is not an ISO 8601 time",
+        ),
+        ({"start": next_quarter(), "duration": "PT7M", "levels": "0.5"}, "--duration"),
+        ({"start": next_quarter(), "levels": "0.5"}, "missing --duration"),
+        (
+            {"start": next_quarter(), "duration": "PT1H", "levels": "0.5", "vens": "ghost"},
+            "ghost not provisioned",
+        ),
+    ]
+    for data, message in cases:
+        answer = session.post(
+            f"{vtn.admin_url}/console/events/new/load-control",
+            data={"csrf_token": session.csrf, **data},
+            timeout=30,
+        )
+        assert answer.status_code == 400 and message in said(answer), (data, answer.text[-800:])
+        assert "Nothing was changed." in said(answer)
+    prices = session.post(
+        f"{vtn.admin_url}/console/events/new/price",
+        data={"csrf_token": session.csrf, "start": TOMORROW.isoformat(), "prices": "1 2 3"},
+        timeout=30,
+    )
+    assert prices.status_code == 400 and "--values has 3 prices; a price event needs exactly 24" in said(
+        prices
+    )
+    assert changes(vtn) == before
+    # the same input through the CLI: the same words
+    cli = vtn.cli(
+        "event", "load-control", "--start", next_quarter(), "--duration", "PT1H", "--levels", "2", check=False
+    )
+    assert "--levels: value 1 (2) is outside 0..1" in cli.stderr
+
+
+def test_modify_and_cancel_refusals(vtn, session):
+    created = session.post(
+        f"{vtn.admin_url}/console/events/new/load-control",
+        data={"csrf_token": session.csrf, "start": next_quarter(), "duration": "PT2H", "levels": "0.5,0.6"},
+        timeout=30,
+    )
+    event_id = created.url.split("/events/")[1].split("?")[0]
+    nothing = session.post(
+        f"{vtn.admin_url}/console/events/{event_id}/modify", data={"csrf_token": session.csrf}, timeout=30
+    )
+    assert nothing.status_code == 400 and "nothing to modify" in said(nothing)
+    per_hour = session.post(
+        f"{vtn.admin_url}/console/events/{event_id}/modify",
+        data={"csrf_token": session.csrf, "duration": "PT3H"},
+        timeout=30,
+    )
+    assert per_hour.status_code == 400 and "give --levels for the new hours too" in said(per_hour)
+    cancel = f"{vtn.admin_url}/console/events/{event_id}/cancel"
+    assert "done=cancelled" in session.post(cancel, data={"csrf_token": session.csrf}, timeout=30).url
+    again = session.post(cancel, data={"csrf_token": session.csrf}, timeout=30)
+    assert again.status_code == 409 and "is already cancelled" in said(again)
+    late = session.post(
+        f"{vtn.admin_url}/console/events/{event_id}/modify",
+        data={"csrf_token": session.csrf, "levels": "0.2"},
+        timeout=30,
+    )
+    assert late.status_code == 409 and "can no longer be modified" in said(late)
+    shown = vtn.admin("GET", f"/events/{event_id}").json()
+    assert shown["status"] == "cancelled" and shown["modification_number"] == 1
+
+
+FIELDS = ("start", "duration", "levels", "ramp_up", "notification", "recovery", "targets", "vens", "prices")
+hostile = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(
+        ["", "0", "-1", "1e309", "nan", "PT0S", "P99999D", "all", "a,,b", "<script>x</script>", "'--"]
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["load-control", "price", "other"]),
+    data=st.dictionaries(st.sampled_from(FIELDS + ("allow_past", "x")), hostile, max_size=6),
+)
+def test_no_form_crashes_the_console_or_writes_when_refused(vtn, session, kind, data):
+    data = {k: v.replace("\x00", "") for k, v in data.items()}
+    before = changes(vtn)
+    answer = session.post(
+        f"{vtn.admin_url}/console/events/new/{kind}",
+        data={"csrf_token": session.csrf, **data},
+        timeout=30,
+        allow_redirects=False,
+    )
+    clean(answer)
+    if answer.status_code != 303:
+        assert answer.status_code in (400, 404)
+        assert changes(vtn) == before
+        assert "<script>x</script>" not in answer.text  # every value shown back is escaped
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_no_path_crashes_the_console(vtn, session, path):
+    for url in (f"/console/events/{path}", f"/console/events/{path}/modify", f"/console/{path}"):
+        answer = session.get(f"{vtn.admin_url}{requests.utils.quote(url)}", timeout=30)
+        clean(answer)
+
+
+def test_operator_accounts_from_the_command_line(vtn):
+    def cli(*args: str, password: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "cariflex-vtn"), "operator", *args],
+            input=password,
+            env=vtn.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    short = cli("add", "pat", "--password-file", "-", password="short\n")
+    assert short.returncode == 1 and "the password must have 12 to 1024 characters" in short.stderr
+    bad_name = cli("add", "pat smith", "--password-file", "-", password="long-enough-password\n")
+    assert bad_name.returncode == 1 and "operator name 'pat smith' must be" in bad_name.stderr
+    assert "pat" not in cli("list").stdout
+    assert cli("add", "pat", "--password-file", "-", password="long-enough-password\n").returncode == 0
+    twice = cli("add", "pat", "--password-file", "-", password="long-enough-password\n")
+    assert twice.returncode == 1 and "exists already" in twice.stderr
+    browser, answer = login(vtn, "pat", "long-enough-password")
+    assert answer.url.endswith("/console/")
+    # the store holds no password, only its scrypt hash
+    stored = b"".join(
+        Path(vtn.store_url.removeprefix("sqlite:///")).with_name(name).read_bytes()
+        for name in ("vtn.sqlite", "vtn.sqlite-wal")
+        if Path(vtn.store_url.removeprefix("sqlite:///")).with_name(name).exists()
+    )
+    assert b"long-enough-password" not in stored and b"scrypt$16384" in stored
+    # a new password ends the sessions of the old one; removing ends them too
+    assert (
+        cli("add", "pat", "--replace", "--password-file", "-", password="another-password-1\n").returncode
+        == 0
+    )
+    assert browser.get(f"{vtn.admin_url}/console/vens", timeout=30).url.endswith(
+        "/console/login?next=/console/vens"
+    )
+    assert cli("remove", "pat").returncode == 0
+    assert login(vtn, "pat", "another-password-1")[1].status_code == 401
