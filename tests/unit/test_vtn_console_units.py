@@ -16,23 +16,10 @@ import pytest
 from tests.unit.test_vtn_units import T0, load_control, registered_ven
 from vtn import actions, operators
 from vtn.console import views
-from vtn.server import CariflexVtn, VtnOptions
 from vtn.store import ReportValue, Store
 
 CONSOLE = Path(views.__file__).parent
 LOCK = json.loads((CONSOLE / "static" / "vendor" / "vendor.lock.json").read_text())
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'vtn.sqlite'}")
-    yield s
-    s.dispose()
-
-
-@pytest.fixture
-def vtn(store):
-    return CariflexVtn(store, VtnOptions(insecure=True, day_ahead_time="off"))
 
 
 def test_the_chart_library_is_the_pinned_one():

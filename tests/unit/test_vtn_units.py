@@ -20,18 +20,6 @@ from vtn.store import Event, Store, Ven
 T0 = datetime(2030, 3, 1, 18, 0, tzinfo=SITE_TZ).astimezone(UTC)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'vtn.sqlite'}")
-    yield s
-    s.dispose()
-
-
-@pytest.fixture
-def vtn(store):
-    return CariflexVtn(store, VtnOptions(insecure=True, day_ahead_time="off"))
-
-
 def registered_ven(store: Store, name: str = "ven-u") -> Ven:
     actions.add_ven(store, name)
     with store.session() as session:

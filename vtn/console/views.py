@@ -46,6 +46,15 @@ def ago(moment: str | None, now: datetime) -> str:
     return f"{seconds // 3600} h ago"
 
 
+def silent(ven: dict[str, Any], now: datetime, poll_seconds: float) -> bool:
+    """A registered VEN that has not polled for three poll periods and a minute."""
+    if not ven["registered"]:
+        return False
+    if ven["last_poll_at"] is None:
+        return True
+    return (now - datetime.fromisoformat(ven["last_poll_at"])).total_seconds() > 3 * poll_seconds + 60
+
+
 def form_time(moment: str | None) -> str:
     """An ISO time as an ``<input type=datetime-local>`` value, in site time."""
     if not moment:

@@ -506,13 +506,9 @@ async def cancel(request: web.Request) -> web.Response:
 async def vens(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     rows = await _call(request, actions.list_vens)
-    silent_after = 3 * _vtn(request).options.poll_seconds
     for row in rows:
         row["last_poll_ago"] = views.ago(row["last_poll_at"], now)
-        row["silent"] = row["registered"] and (
-            row["last_poll_at"] is None
-            or (now - datetime.fromisoformat(row["last_poll_at"])).total_seconds() > silent_after + 60
-        )
+        row["silent"] = views.silent(row, now, _vtn(request).options.poll_seconds)
     return render(request, "vens.html", vens=rows)
 
 
@@ -525,16 +521,7 @@ async def health(request: web.Request) -> web.Response:
     except Exception as exc:  # shown as the store's state, like GET /health
         figures, store_ok, store_error = {}, False, clip(str(exc), 200)
     rows = await _call(request, actions.list_vens) if store_ok else []
-    silent = [
-        r["ven_name"]
-        for r in rows
-        if r["registered"]
-        and (
-            r["last_poll_at"] is None
-            or (now - datetime.fromisoformat(r["last_poll_at"])).total_seconds()
-            > 3 * vtn.options.poll_seconds + 60
-        )
-    ]
+    silent = [r["ven_name"] for r in rows if views.silent(r, now, vtn.options.poll_seconds)]
     return render(
         request,
         "health.html",
