@@ -327,3 +327,51 @@ def test_operator_accounts_from_the_command_line(vtn):
     )
     assert cli("remove", "pat").returncode == 0
     assert login(vtn, "pat", "another-password-1")[1].status_code == 401
+
+
+def test_every_page_shows_every_kind_of_event(vtn, session):
+    """A price event, one for named VENs with periods, a cancelled one, a VEN never registered."""
+    vtn.cli("ven", "add", "quiet-ven")
+    price = vtn.admin(
+        "POST", "/events/price", {"start": TOMORROW.isoformat(), "prices": [100 + h for h in range(24)]}
+    ).json()
+    named = vtn.admin(
+        "POST",
+        "/events/load-control",
+        {
+            "start": next_quarter(),
+            "duration": "PT1H30M",
+            "levels": [0.5, 0.7],
+            "vens": ["quiet-ven"],
+            "targets": ["site:battery-1"],
+            "ramp_up": "PT15M",
+        },
+    ).json()
+    cancelled = vtn.admin(
+        "POST", "/events/load-control", {"start": next_quarter(), "duration": "PT1H", "levels": 0.3}
+    ).json()
+    vtn.admin("POST", f"/events/{cancelled['event_id']}/cancel")
+    for event in (price, named, cancelled):
+        base = f"{vtn.admin_url}/console/events/{event['event_id']}"
+        for url in (base, f"{base}/modify", f"{base}/cancel", f"{base}/vens", f"{base}/data.json"):
+            answer = session.get(url, timeout=30)
+            clean(answer)
+            assert answer.status_code == 200, (url, answer.text[-500:])
+    page = said(session.get(f"{vtn.admin_url}/console/events/{price['event_id']}", timeout=30))
+    assert "Prices" in page and "123" in page and "EUR/MWh" in page
+    page = said(session.get(f"{vtn.admin_url}/console/events/{named['event_id']}", timeout=30))
+    assert "quiet-ven" in page and "site:battery-1" in page and "PT15M" in page
+    chart = session.get(f"{vtn.admin_url}/console/events/{price['event_id']}/data.json", timeout=30).json()
+    assert chart["kind"] == "price" and len(chart["intervals"]) == 24 and chart["picture"] is None
+    for path, shows in (
+        ("/console/", "for quiet-ven"),
+        ("/console/?month=2031-02", "February 2031"),
+        ("/console/vens", "quiet-ven"),
+        ("/console/health", "VENs provisioned"),
+    ):
+        answer = session.get(f"{vtn.admin_url}{path}", timeout=30)
+        assert answer.status_code == 200 and shows in said(answer), path
+    vens = said(session.get(f"{vtn.admin_url}/console/vens", timeout=30))
+    assert "not registered" in vens
+    bad_month = session.get(f"{vtn.admin_url}/console/?month=13-2026", timeout=30)
+    assert bad_month.status_code == 400 and "is not YYYY-MM" in said(bad_month)
