@@ -217,8 +217,11 @@ def show_event(store: Store, event_id: str, *, now: datetime | None = None) -> d
             }
             for i, v in zip(event.intervals, entered_values(event), strict=True)
         ]
-        if event.kind == "load_control":
-            out["fleet_power_kw"] = fleet_power(session, event, now)
+        out["picture"] = load_control_picture(session, event, now) if event.kind == "load_control" else None
+        if out["picture"] is not None:
+            out["fleet_power_kw"] = {
+                k: out["picture"][k] for k in ("before", "samples_before", "during", "samples_during")
+            }
     out["vens_sent"] = deliveries(store, [event_id]).get(event_id, [])
     return out
 
@@ -234,38 +237,48 @@ def _targeted_vens(session: Session, event: Event) -> list[Ven]:
     return list(session.execute(query.order_by(Ven.ven_name)).scalars())
 
 
+# What a VEN's power stream is called: openleadr's description of power_real, the 2.0b item name.
+REAL_POWER = {"realpower", "powerreal", "power_real"}
+
+
 def _streams(session: Session, ven_ids: set[str]) -> tuple[dict, set]:
-    """(ven_id, r_id) → kW per reported unit for the power streams, and the delivered-% streams,
-    from what the VENs registered (oadrRegisterReport)."""
+    """(ven_id, r_id) → kW per reported unit for the real-power streams, and the delivered-%
+    streams, from what the VENs registered (oadrRegisterReport)."""
     power: dict[tuple[str, str], float] = {}
     delivered: set[tuple[str, str]] = set()
-    for r in session.execute(
-        select(ReportRegistration).where(ReportRegistration.ven_id.in_(ven_ids))
-    ).scalars():
+    query = select(ReportRegistration).where(ReportRegistration.ven_id.in_(ven_ids))
+    for r in session.execute(query).scalars():
         measurement = str(r.description.get("measurement", ""))
         if measurement == DELIVERED_PCT:
             delivered.add((r.ven_id, r.r_id))
-        elif "power" in measurement.lower():
+        elif measurement.lower() in REAL_POWER:  # not reactive or apparent power
             power[(r.ven_id, r.r_id)] = _SCALE_TO_KW.get(r.description.get("scale"), 1e-3)
     return power, delivered
 
 
-def fleet_power(session: Session, event: Event, now: datetime) -> dict[str, Any]:
-    """Mean fleet power the targeted VENs reported (TELEMETRY_USAGE) in the hour before the event
-    and during it so far: did the load control work?"""
-    picture = load_control_picture(session, event, now)
-    return {k: picture[k] for k in ("before", "samples_before", "during", "samples_during")}
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def load_control_picture(session: Session, event: Event, now: datetime) -> dict[str, Any]:
-    """What the console draws for a load-control event: each targeted VEN's reported fleet power
-    from an hour before the event to its end (or now), the cap the levels set on the VENs whose
-    capacity is provisioned, the before/during means, and the delivered percentage the VENs
-    reported after the event (their DR verification)."""
+    """What the console draws and ``event show`` tells for a load-control event.
+
+    - ``series``: each targeted VEN's reported real power (kW), from an hour before the event to its
+      end, its cancellation or now, whichever comes first;
+    - ``before``/``during``: the fleet's power — the sum over the VENs of each one's mean — in the
+      hour before and during, against ``cap``: each interval's level × the capacity provisioned for
+      those VENs (the same fleet total);
+    - ``delivered``: the share of the requested reduction each VEN verified and reported after the
+      event (``x-drDeliveredPercent``: the VEN reports its latest verified event's share, without an
+      event id), until the next load-control event has ended; a value equal to the one it reported
+      before this event ended is still the previous event's and is left out.
+    """
     vens = _targeted_vens(session, event)
     names = {v.ven_id: v.ven_name for v in vens}
     power, delivered = _streams(session, set(names))
     end = event.start + timedelta(seconds=event.duration_s)
+    if event.cancelled:
+        end = min(end, event.modified_at)  # a cancellation is the event's last change
     begin, finish = event.start - timedelta(hours=1), min(end, now)
     rows = session.execute(
         select(ReportValue)
@@ -273,54 +286,77 @@ def load_control_picture(session: Session, event: Event, now: datetime) -> dict[
         .order_by(ReportValue.at)
     ).scalars()
     series: dict[str, list[tuple[str, float]]] = {}
-    before: list[float] = []
-    during: list[float] = []
+    before: dict[str, list[float]] = {}
+    during: dict[str, list[float]] = {}
     for r in rows:
         factor = power.get((r.ven_id, r.r_id))
         if factor is None:
             continue
         kw = r.value * factor
         series.setdefault(names[r.ven_id], []).append((r.at.isoformat(), round(kw, 3)))
-        (before if r.at < event.start else during).append(kw)
+        (before if r.at < event.start else during).setdefault(r.ven_id, []).append(kw)
     capacity = sum(v.capacity_kw for v in vens if v.capacity_kw)
-    cap = (
-        [
-            {
-                "start": i.start.isoformat(),
-                "end": (i.start + timedelta(seconds=i.duration_s)).isoformat(),
-                "level": i.value,
-                "cap_kw": round(i.value * capacity, 3),
-            }
-            for i in event.intervals
-        ]
-        if capacity
-        else []
-    )
-    reported = []
-    if delivered and end <= now:
-        for r in session.execute(
-            select(ReportValue)
-            .where(
-                ReportValue.at >= end,
-                ReportValue.at < end + timedelta(days=1),
-                ReportValue.ven_id.in_(set(names)),
-            )
-            .order_by(ReportValue.at)
-        ).scalars():
-            if (r.ven_id, r.r_id) in delivered:
-                reported.append({"ven": names[r.ven_id], "at": r.at.isoformat(), "delivered_pct": r.value})
-    latest = {d["ven"]: d for d in reported}  # the last each VEN said
+    cap = []
+    if capacity:
+        for i in event.intervals:
+            stop = min(i.start + timedelta(seconds=i.duration_s), end)
+            if stop > i.start:
+                cap.append(
+                    {
+                        "start": i.start.isoformat(),
+                        "end": stop.isoformat(),
+                        "level": i.value,
+                        "cap_kw": round(i.value * capacity, 3),
+                    }
+                )
     return {
-        "before": round(sum(before) / len(before), 3) if before else None,
-        "samples_before": len(before),
-        "during": round(sum(during) / len(during), 3) if during else None,
-        "samples_during": len(during),
+        "before": round(sum(map(_mean, before.values())), 3) if before else None,
+        "samples_before": sum(map(len, before.values())),
+        "during": round(sum(map(_mean, during.values())), 3) if during else None,
+        "samples_during": sum(map(len, during.values())),
         "series": series,
         "capacity_kw": capacity or None,
         "vens_without_capacity": [v.ven_name for v in vens if not v.capacity_kw],
         "cap": cap,
-        "delivered": list(latest.values()),
+        "delivered": _delivered(session, event, end, names, delivered) if delivered and end <= now else [],
     }
+
+
+def _delivered(
+    session: Session, event: Event, end: datetime, names: dict[str, str], streams: set
+) -> list[dict[str, Any]]:
+    """The last delivered percentage each VEN reported for this event (see load_control_picture)."""
+    following = session.execute(
+        select(Event)
+        .where(Event.kind == "load_control", Event.start > event.start, Event.cancelled.is_(False))
+        .order_by(Event.start)
+        .limit(1)
+    ).scalar_one_or_none()
+    window_end = end + timedelta(days=1)
+    if following is not None:
+        # until the next event has ended and been verified, the latest verified event is this one
+        window_end = min(window_end, following.start + timedelta(seconds=following.duration_s))
+    out: dict[str, dict[str, Any]] = {}
+    for ven_id, name in names.items():
+        r_ids = [r_id for v, r_id in streams if v == ven_id]
+        if not r_ids:
+            continue
+        mine = [ReportValue.ven_id == ven_id, ReportValue.r_id.in_(r_ids)]
+        earlier = session.execute(
+            select(ReportValue.value)
+            .where(*mine, ReportValue.at < end)
+            .order_by(ReportValue.at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        after = [*mine, ReportValue.at >= end, ReportValue.at < window_end]
+        if earlier is not None:
+            after.append(ReportValue.value != earlier)
+        latest = session.execute(
+            select(ReportValue).where(*after).order_by(ReportValue.at.desc()).limit(1)
+        ).scalar_one_or_none()
+        if latest is not None:
+            out[name] = {"ven": name, "at": latest.at.isoformat(), "delivered_pct": latest.value}
+    return list(out.values())
 
 
 def deliveries(store: Store, event_ids: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -552,11 +588,3 @@ def counts(store: Store, now: datetime | None = None) -> dict[str, int]:
         events = session.execute(select(Event)).scalars().all()
         active = sum(event_status(e, now) in ("far", "near", "active") for e in events)
     return {"vens": vens, "vens_registered": registered, "events_pending_or_active": active}
-
-
-def event_picture(store: Store, event_id: str, *, now: datetime | None = None) -> dict[str, Any] | None:
-    """load_control_picture of one event (None for a price event)."""
-    now = now or datetime.now(UTC)
-    with store.session() as session:
-        event = _get_event(session, event_id)
-        return load_control_picture(session, event, now) if event.kind == "load_control" else None

@@ -508,6 +508,9 @@ class CariflexVtn:
         for report in payload.get("reports") or []:
             for description in report.get("report_descriptions") or []:
                 measurement = description.get("measurement") or {}
+                ids = (report.get("report_specifier_id"), description.get("r_id"))
+                if any(not isinstance(i, str) or not 0 < len(i) <= 100 for i in ids):
+                    continue  # not what the store's columns hold (nor what a reading could name)
                 rows.append(
                     ReportRegistration(
                         ven_id=payload.get("ven_id"),
@@ -533,7 +536,12 @@ class CariflexVtn:
                 session.add_all(rows)
 
     async def on_register_report_message(self, payload: dict[str, Any]):
-        await self.in_store_thread(self._store_report_registrations, payload)
+        try:
+            await self.in_store_thread(self._store_report_registrations, payload)
+        except Exception:  # the console's picture lacks these streams; the VEN's reports still go on
+            log.exception(
+                "could not store report registrations", extra={"fields": {"ven_id": payload.get("ven_id")}}
+            )
         return await self._openleadr_register_report(payload)
 
     def on_register_report(

@@ -174,8 +174,28 @@ def test_an_operator_issues_watches_modifies_and_cancels_load_control(console):
     wait_until(
         lambda: any(r["status"] == "active" for r in ven.received[-1:]), 30, "the VEN to see it active"
     )
+    # what the chart draws: the hour before at ~355 kW, and since the VEN saw the event, 185 kW,
+    # under the cap of 0.5 x 400 kW
+    drawn = wait_until(
+        lambda: (
+            (
+                data := driver.execute_async_script(
+                    "fetch(arguments[0]).then(r => r.json()).then(arguments[1])",
+                    f"{base}/events/{event_id}/data.json",
+                )
+            )["picture"]["series"]["site-ven"][-1][1]
+            == 185.0
+            and data
+        ),
+        30,
+        "the VEN's reading under the cap",
+    )
+    assert [c["cap_kw"] for c in drawn["picture"]["cap"]] == [200.0, 200.0]
+    assert 345 <= drawn["picture"]["before"] <= 370
     driver.refresh()
     assert "200.0 kW" in driver.page_source  # the cap, in the numbers above the chart
+    during = float(text(driver, "#power-during").split()[0])
+    assert 185.0 <= during < drawn["picture"]["before"]  # the mean during: late readings, then 185
     wait_until(
         lambda: driver.execute_script("return document.querySelector('.uplot') !== null"), 30, "the chart"
     )

@@ -16,6 +16,7 @@ import pytest
 from tests.unit.test_vtn_units import T0, load_control, registered_ven
 from vtn import actions, operators
 from vtn.console import views
+from vtn.events import load_control_draft
 from vtn.store import ReportValue, Store
 
 CONSOLE = Path(views.__file__).parent
@@ -96,14 +97,14 @@ def test_the_load_control_picture_draws_power_against_the_cap_and_the_delivered_
             )
         # the VEN's DR verification, reported after the event
         session.add(ReportValue(ven_id=ven.ven_id, r_id="r-pct", at=T0 + timedelta(hours=3), value=96.5))
-    during = actions.event_picture(store, event_id, now=T0 + timedelta(hours=1))
+    during = actions.show_event(store, event_id, now=T0 + timedelta(hours=1))["picture"]
     assert during["cap"][0]["cap_kw"] == 300.0 and during["capacity_kw"] == 600
     assert during["series"]["ven-u"] == [
         ((T0 - timedelta(minutes=30)).isoformat(), 400.0),
         ((T0 + timedelta(minutes=30)).isoformat(), 290.0),
     ]  # from an hour before to now: the reading 90 minutes before is outside
     assert (during["before"], during["during"], during["delivered"]) == (400.0, 290.0, [])
-    after = actions.event_picture(store, event_id, now=T0 + timedelta(hours=4))
+    after = actions.show_event(store, event_id, now=T0 + timedelta(hours=4))["picture"]
     assert after["during"] == 285.0
     assert after["delivered"] == [
         {"ven": "ven-u", "at": (T0 + timedelta(hours=3)).isoformat(), "delivered_pct": 96.5}
@@ -114,7 +115,7 @@ def test_the_load_control_picture_draws_power_against_the_cap_and_the_delivered_
 
 def test_without_a_provisioned_capacity_there_is_no_cap_to_draw(vtn, store):
     registered_ven(store)
-    picture = actions.event_picture(store, load_control(store), now=T0)
+    picture = actions.show_event(store, load_control(store), now=T0)["picture"]
     assert picture["cap"] == [] and picture["vens_without_capacity"] == ["ven-u"]
     with pytest.raises(actions.InputError, match="--capacity-kw -5 must be above 0"):
         actions.set_ven_capacity(store, "ven-u", -5)
@@ -153,3 +154,81 @@ def test_a_store_from_an_older_vtn_gains_the_capacity_column(tmp_path):
         assert actions.list_vens(upgraded)[0]["ven_name"] == "old-ven"
     finally:
         upgraded.dispose()
+
+
+def _power(store, ven_id: str, *readings: tuple[int, float], r_id: str = "r-power") -> None:
+    with store.session() as session:
+        for minutes, value in readings:
+            session.add(
+                ReportValue(ven_id=ven_id, r_id=r_id, at=T0 + timedelta(minutes=minutes), value=value)
+            )
+
+
+def test_two_vens_are_one_fleet_against_their_summed_cap(vtn, store):
+    first, second = registered_ven(store, "ven-a"), registered_ven(store, "ven-b")
+    for ven in (first, second):
+        actions.set_ven_capacity(store, ven.ven_name, 400)
+        _registrations(vtn, ven.ven_id)
+    event_id = load_control(store)
+    _power(store, first.ven_id, (-30, 300.0), (-10, 300.0), (30, 250.0))
+    _power(store, second.ven_id, (-20, 300.0), (30, 230.0), (40, 250.0))
+    picture = actions.show_event(store, event_id, now=T0 + timedelta(hours=1))["picture"]
+    # each VEN's mean, summed: 300 + 300 before; 250 + 240 during, against 0.5 x 800 kW
+    assert (picture["before"], picture["during"], picture["cap"][0]["cap_kw"]) == (600.0, 490.0, 400.0)
+    assert set(picture["series"]) == {"ven-a", "ven-b"}
+
+
+def test_only_real_power_is_drawn(vtn, store):
+    ven = registered_ven(store)
+    vtn._store_report_registrations(
+        {
+            "ven_id": ven.ven_id,
+            "reports": [
+                {
+                    "report_specifier_id": "spec-2",
+                    "report_descriptions": [
+                        {"r_id": "r-q", "measurement": {"description": "ReactivePower", "scale": "k"}},
+                        {"r_id": "x" * 101, "measurement": {"description": "RealPower", "scale": "k"}},
+                    ],
+                }
+            ],
+        }
+    )
+    _registrations(vtn, ven.ven_id)
+    event_id = load_control(store)
+    _power(store, ven.ven_id, (10, 900.0), r_id="r-q")
+    _power(store, ven.ven_id, (10, 200.0))
+    picture = actions.show_event(store, event_id, now=T0 + timedelta(hours=1))["picture"]
+    assert picture["during"] == 200.0 and picture["samples_during"] == 1
+
+
+def test_a_cancelled_event_ends_at_its_cancellation(vtn, store):
+    ven = registered_ven(store)
+    actions.set_ven_capacity(store, "ven-u", 600)
+    _registrations(vtn, ven.ven_id)
+    event_id = load_control(store)
+    actions.cancel_event(store, event_id, now=T0 + timedelta(minutes=30))
+    _power(store, ven.ven_id, (10, 250.0), (50, 590.0))
+    picture = actions.show_event(store, event_id, now=T0 + timedelta(hours=3))["picture"]
+    assert picture["during"] == 250.0
+    assert [c["end"] for c in picture["cap"]] == [(T0 + timedelta(minutes=30)).isoformat()]
+
+
+def test_the_delivered_share_is_the_one_reported_for_this_event(vtn, store):
+    ven = registered_ven(store)
+    _registrations(vtn, ven.ven_id)
+    first = load_control(store)  # T0 .. T0 + 2 h
+    second = actions.create_event(
+        store,
+        load_control_draft(
+            start=T0 + timedelta(hours=4), duration="PT1H", levels="0.5", now=T0 - timedelta(days=1)
+        ),
+        now=T0 - timedelta(days=1),
+    )["event_id"]
+    # before the first ends: the previous event's 80 %; then the first's 95 %, then the second's 60 %
+    for minutes, pct in ((60, 80.0), (125, 80.0), (180, 95.0), (270, 95.0), (310, 60.0)):
+        _power(store, ven.ven_id, (minutes, pct), r_id="r-pct")
+    now = T0 + timedelta(hours=6)
+    (first_pct,) = actions.show_event(store, first, now=now)["picture"]["delivered"]
+    (second_pct,) = actions.show_event(store, second, now=now)["picture"]["delivered"]
+    assert (first_pct["delivered_pct"], second_pct["delivered_pct"]) == (95.0, 60.0)

@@ -14,6 +14,7 @@ from the internet.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -39,6 +40,8 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "cariflex_vtn_session"
 LOGIN_CSRF_COOKIE = "cariflex_vtn_login_csrf"
 VTN_KEY = web.AppKey("vtn", object)
+LOGINS_KEY = web.AppKey("logins", asyncio.Semaphore)
+FLASHES = {"created", "modified", "cancelled"}
 OPEN_PATHS = (f"{PREFIX}/login", f"{PREFIX}/static/")
 log = logging.getLogger("cariflex.vtn.console")
 
@@ -174,7 +177,8 @@ async def _form(request: web.Request) -> dict[str, str]:
         return request["form"]
     try:
         posted = await request.post()
-    except ValueError as exc:  # a malformed body
+    except (ValueError, LookupError, RuntimeError) as exc:  # a malformed body, an unknown charset or
+        # transfer encoding (aiohttp raises each of these from post())
         raise Refused(400, "Bad request", f"the form could not be read: {clip(str(exc), 80)}") from None
     form: dict[str, str] = {}
     for key, value in posted.items():
@@ -240,7 +244,11 @@ def _safe_next(target: str | None) -> str:
 
 
 def _login_page(
-    request: web.Request, status: int = 200, message: str | None = None, name: str = ""
+    request: web.Request,
+    status: int = 200,
+    message: str | None = None,
+    name: str = "",
+    after: str | None = None,
 ) -> web.Response:
     token = secrets.token_urlsafe(32)
     response = render(
@@ -250,7 +258,7 @@ def _login_page(
         login_csrf=token,
         message=message,
         name=name,
-        next=_safe_next(request.query.get("next")),
+        next=_safe_next(after or request.query.get("next")),
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -273,11 +281,12 @@ async def login(request: web.Request) -> web.Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = form.get("csrf_token", "")
     if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        # not "login": a forged login must not count towards the name's lockout
         await _call(
             request,
             operators.record,
             clip(name, 90) or "-",
-            "login",
+            "login-csrf",
             None,
             "refused",
             "missing or wrong CSRF token",
@@ -289,10 +298,13 @@ async def login(request: web.Request) -> web.Response:
             name,
         )
     try:
-        session = await _call(request, operators.log_in, name, form.get("password", ""))
+        # One scrypt at a time (~50 ms, 16 MiB each): a flood of logins queues here and leaves the
+        # other admin thread to the admin API and the console's pages.
+        async with request.app[LOGINS_KEY]:
+            session = await _call(request, operators.log_in, name, form.get("password", ""))
     except InputError as exc:
         log.info("console login refused", extra={"fields": {"operator": clip(name, 80), "reason": str(exc)}})
-        return _login_page(request, 401, str(exc), name)
+        return _login_page(request, 401, str(exc), name, form.get("next"))
     log.info("console login", extra={"fields": {"operator": session.operator}})
     response = web.HTTPSeeOther(_safe_next(form.get("next")))
     response.set_cookie(
@@ -337,8 +349,14 @@ async def events(request: web.Request) -> web.Response:
         upcoming=upcoming,
         past=past,
         month=views.month(first, rows, now),
-        flash=request.query.get("done"),
+        flash=_flash(request),
     )
+
+
+def _flash(request: web.Request) -> str | None:
+    """What the redirect after a change says it did (nothing else a link could put on the page)."""
+    done = request.query.get("done")
+    return done if done in FLASHES else None
 
 
 async def event_page(request: web.Request) -> web.Response:
@@ -350,8 +368,8 @@ async def event_page(request: web.Request) -> web.Response:
         "event.html",
         event=event,
         history=history,
-        picture=await _call(request, actions.event_picture, event_id),
-        flash=request.query.get("done"),
+        picture=event["picture"],
+        flash=_flash(request),
     )
 
 
@@ -365,7 +383,7 @@ async def event_data(request: web.Request) -> web.Response:
     """What the event page's chart draws (JSON)."""
     event_id = _event_id(request)
     event = await _show(request, event_id)
-    picture = await _call(request, actions.event_picture, event_id)
+    picture = event["picture"]
     return web.json_response(
         {
             "kind": event["kind"],
@@ -545,6 +563,7 @@ async def root(request: web.Request) -> web.Response:
 def make_app(vtn: CariflexVtn) -> web.Application:
     app = web.Application(middlewares=[console_middleware], client_max_size=256 * 1024)
     app[VTN_KEY] = vtn
+    app[LOGINS_KEY] = asyncio.Semaphore(1)
     app.add_routes(
         [
             web.get("/login", login_form),
