@@ -256,6 +256,21 @@ def _streams(session: Session, ven_ids: set[str]) -> tuple[dict, set]:
     return power, delivered
 
 
+MAX_POINTS = 1200  # per VEN in a picture: a 4-hour event at a 1 s telemetry rate is 18,000 readings
+
+
+def _thinned(points: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Readings as they came, or, beyond MAX_POINTS, their means per minute (stamped at the minute)."""
+    if len(points) <= MAX_POINTS:
+        return points
+    minutes: dict[str, list[float]] = {}
+    for at, kw in points:
+        minutes.setdefault(
+            datetime.fromisoformat(at).replace(second=0, microsecond=0).isoformat(), []
+        ).append(kw)
+    return [(at, round(_mean(values), 3)) for at, values in minutes.items()]
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -295,6 +310,7 @@ def load_control_picture(session: Session, event: Event, now: datetime) -> dict[
         kw = r.value * factor
         series.setdefault(names[r.ven_id], []).append((r.at.isoformat(), round(kw, 3)))
         (before if r.at < event.start else during).setdefault(r.ven_id, []).append(kw)
+    series = {name: _thinned(points) for name, points in series.items()}
     capacity = sum(v.capacity_kw for v in vens if v.capacity_kw)
     cap = []
     if capacity:

@@ -232,3 +232,18 @@ def test_the_delivered_share_is_the_one_reported_for_this_event(vtn, store):
     (first_pct,) = actions.show_event(store, first, now=now)["picture"]["delivered"]
     (second_pct,) = actions.show_event(store, second, now=now)["picture"]["delivered"]
     assert (first_pct["delivered_pct"], second_pct["delivered_pct"]) == (95.0, 60.0)
+
+
+def test_a_long_event_at_a_fast_telemetry_rate_is_drawn_per_minute(vtn, store):
+    ven = registered_ven(store)
+    _registrations(vtn, ven.ven_id)
+    event_id = load_control(store)
+    with store.session() as session:
+        session.add_all(
+            ReportValue(ven_id=ven.ven_id, r_id="r-power", at=T0 + timedelta(seconds=s), value=float(s % 60))
+            for s in range(0, 7200, 2)
+        )
+    picture = actions.show_event(store, event_id, now=T0 + timedelta(hours=3))["picture"]
+    points = picture["series"]["ven-u"]
+    assert len(points) == 120 and points[0] == (T0.isoformat(), 29.0)  # the mean of 0, 2, .., 58
+    assert picture["samples_during"] == 3600 and picture["during"] == 29.0
