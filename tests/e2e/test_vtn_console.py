@@ -86,9 +86,16 @@ def console(tmp_path_factory):
 
 
 def text(driver, css: str) -> str:
-    from selenium.webdriver.common.by import By
+    """The element's text, found and read in one step in the page: the event page swaps its VEN
+    table in every few seconds, so an element found first and read after may be gone (stale)."""
+    from selenium.common.exceptions import NoSuchElementException
 
-    return driver.find_element(By.CSS_SELECTOR, css).text
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText", css
+    )
+    if found is None:
+        raise NoSuchElementException(f"no {css} on {driver.current_url}")
+    return found.replace("\t", " ").strip()  # table cells as WebDriver reads them: a space apart
 
 
 def events(vtn) -> list[dict]:
