@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from cariflex.json_input import clip
 from vtn.events import (
+    PENDING_OR_ACTIVE,
     RESOURCE_ID,
     SITE_TZ,
     VEN_NAME,
@@ -199,7 +200,7 @@ def list_events(store: Store, *, active: bool = False, now: datetime | None = No
         events = session.execute(select(Event).order_by(Event.start, Event.created_at)).scalars().all()
         out = [event_dict(e, now, with_intervals=False) for e in events]
     if active:
-        out = [e for e in out if e["status"] in ("far", "near", "active")]
+        out = [e for e in out if e["status"] in PENDING_OR_ACTIVE]
     return out
 
 
@@ -602,5 +603,5 @@ def counts(store: Store, now: datetime | None = None) -> dict[str, int]:
             select(func.count()).select_from(Ven).where(Ven.registration_id.is_not(None))
         ).scalar_one()
         events = session.execute(select(Event)).scalars().all()
-        active = sum(event_status(e, now) in ("far", "near", "active") for e in events)
+        active = sum(event_status(e, now) in PENDING_OR_ACTIVE for e in events)
     return {"vens": vens, "vens_registered": registered, "events_pending_or_active": active}

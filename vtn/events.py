@@ -279,6 +279,10 @@ def load_control_draft(
     )
 
 
+# The statuses of an event that is still to come or under way (not completed, not cancelled).
+PENDING_OR_ACTIVE = ("far", "near", "active")
+
+
 def status_at(
     *, start: datetime, duration: timedelta, ramp_up: timedelta | None, cancelled: bool, now: datetime
 ) -> str:

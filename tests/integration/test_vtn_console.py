@@ -39,12 +39,15 @@ def vtn(tmp_path_factory):
 def login(vtn, name: str = OPERATOR, password: str = PASSWORD) -> tuple[requests.Session, requests.Response]:
     browser = requests.Session()
     form = browser.get(f"{vtn.admin_url}/console/login", timeout=30)
-    answer = browser.post(
-        f"{vtn.admin_url}/console/login",
-        data={"csrf_token": TOKEN.search(form.text)[1], "name": name, "password": password},
-        timeout=30,
-    )
-    return browser, answer
+    return browser, post_login(vtn, browser, form, name, password)
+
+
+def post_login(
+    vtn, browser, form: requests.Response, name: str, password: str, *, follow: bool = True, **fields: str
+) -> requests.Response:
+    """The login form ``form`` filled in (more ``fields``: e.g. next) and sent with its token."""
+    data = {"csrf_token": TOKEN.search(form.text)[1], "name": name, "password": password, **fields}
+    return browser.post(f"{vtn.admin_url}/console/login", data=data, timeout=30, allow_redirects=follow)
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +137,7 @@ def test_after_login_only_a_console_path(vtn):
     browser = requests.Session()
     form = browser.get(f"{vtn.admin_url}/console/login?next=//evil.example/x", timeout=30)
     assert "evil" not in said(form)
-    answer = browser.post(
-        f"{vtn.admin_url}/console/login",
-        data={
-            "csrf_token": TOKEN.search(form.text)[1],
-            "name": OPERATOR,
-            "password": PASSWORD,
-            "next": "https://evil.example/",
-        },
-        timeout=30,
-        allow_redirects=False,
-    )
+    answer = post_login(vtn, browser, form, OPERATOR, PASSWORD, follow=False, next="https://evil.example/")
     assert answer.status_code == 303 and answer.headers["Location"] == "/console/"
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console/" in cookie
@@ -429,26 +422,8 @@ def test_forged_logins_do_not_lock_an_operator_out(vtn):
 def test_a_failed_login_keeps_where_the_operator_was_going(vtn):
     browser = requests.Session()
     form = browser.get(f"{vtn.admin_url}/console/login?next=/console/vens", timeout=30)
-    refused = browser.post(
-        f"{vtn.admin_url}/console/login",
-        data={
-            "csrf_token": TOKEN.search(form.text)[1],
-            "name": OPERATOR,
-            "password": "wrong",
-            "next": "/console/vens",
-        },
-        timeout=30,
-    )
-    answer = browser.post(
-        f"{vtn.admin_url}/console/login",
-        data={
-            "csrf_token": TOKEN.search(refused.text)[1],
-            "name": OPERATOR,
-            "password": PASSWORD,
-            "next": "/console/vens",
-        },
-        timeout=30,
-    )
+    refused = post_login(vtn, browser, form, OPERATOR, "wrong", next="/console/vens")
+    answer = post_login(vtn, browser, refused, OPERATOR, PASSWORD, next="/console/vens")
     assert answer.url.endswith("/console/vens")
 
 

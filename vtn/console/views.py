@@ -10,8 +10,6 @@ from typing import Any
 
 from vtn.events import SITE_TZ, InputError
 
-STATUS_ORDER = ("active", "near", "far", "completed", "cancelled")
-
 
 def local(moment: str | datetime | None, *, seconds: bool = False) -> str:
     """``2026-12-06 14:00 −04:00``: the site's wall clock and its offset from UTC, whatever the

@@ -30,7 +30,7 @@ from aiohttp import web
 from cariflex.json_input import clip
 from vtn import actions, operators
 from vtn.console import views
-from vtn.events import RESOURCE_ID, Conflict, InputError, NotFound
+from vtn.events import PENDING_OR_ACTIVE, RESOURCE_ID, Conflict, InputError, NotFound
 
 if TYPE_CHECKING:
     from vtn.server import CariflexVtn
@@ -92,13 +92,11 @@ async def _call(request: web.Request, function, *args: Any, **kwargs: Any) -> An
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    now = datetime.now(UTC)
     session = request.get("session")
     page = _templates.get_template(template).render(
         operator=session.operator if session else None,
         csrf_token=session.csrf_token if session else "",
-        zone=views.zone_label(now),
-        now=now,
+        zone=views.zone_label(),
         path=request.path,
         **context,
     )
@@ -194,10 +192,16 @@ async def _form(request: web.Request) -> dict[str, str]:
 
 
 async def _record(
-    request: web.Request, action: str, target: str | None, outcome: str, detail: str | None = None
+    request: web.Request,
+    action: str,
+    target: str | None,
+    outcome: str,
+    detail: str | None = None,
+    who: str | None = None,
 ) -> None:
+    """Log and record an operator's action; ``who``: the session's operator unless given (a login)."""
     session = request.get("session")
-    who = session.operator if session else "-"
+    who = who or (session.operator if session else "-")
     log.info(
         "console action",
         extra={
@@ -282,15 +286,7 @@ async def login(request: web.Request) -> web.Response:
     sent = form.get("csrf_token", "")
     if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
         # not "login": a forged login must not count towards the name's lockout
-        await _call(
-            request,
-            operators.record,
-            clip(name, 90) or "-",
-            "login-csrf",
-            None,
-            "refused",
-            "missing or wrong CSRF token",
-        )
+        await _record(request, "login-csrf", None, "refused", "missing or wrong CSRF token", clip(name, 90))
         return _login_page(
             request,
             403,
@@ -341,8 +337,8 @@ async def events(request: web.Request) -> web.Response:
     sent = await _call(request, actions.deliveries)
     for row in rows:
         row["vens_sent"] = sent.get(row["event_id"], [])
-    upcoming = [r for r in rows if r["status"] in ("active", "near", "far")]
-    past = [r for r in reversed(rows) if r["status"] not in ("active", "near", "far")][:50]
+    upcoming = [r for r in rows if r["status"] in PENDING_OR_ACTIVE]
+    past = [r for r in reversed(rows) if r["status"] not in PENDING_OR_ACTIVE][:50]
     return render(
         request,
         "events.html",
